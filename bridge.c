@@ -1,0 +1,376 @@
+// bridge.c owns the interpreter's start, the Python thread state kept for
+// each OS thread, and dispatch: a call takes the GIL, converts, calls,
+// converts back and releases the GIL in one crossing from Go.
+
+#include "bridge.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+// A bytes result up to this size is copied into the thread buffer; a larger
+// one is handed to Go in place and released after Go has copied it, so big
+// payloads are copied once.
+#define FIDIUS_SMALL_RESULT (64 * 1024)
+// The thread buffer is freed after a result larger than this.
+#define FIDIUS_KEEP_BUFFER (1024 * 1024)
+
+static PyInterpreterState *interp;
+static pthread_key_t ts_key;
+static PyObject *describe_fn;   // bootstrap describe(exc, structured) -> (bytes, bytes, details)
+PyObject *fidius_fields_fn;     // bootstrap field_names(obj) -> tuple of str, used by json.c
+
+static __thread PyThreadState *tls_ts;
+static __thread fidius_buf tls_buf;
+static __thread PyObject *tls_pending;
+
+fidius_buf *fidius_tls_buf(void) { return &tls_buf; }
+
+int fidius_buf_grow(fidius_buf *b, size_t extra) {
+	size_t want = b->len + extra;
+	size_t cap = b->cap ? b->cap : 256;
+	while (cap < want) {
+		if (cap > ((size_t)-1) / 2) {
+			PyErr_NoMemory();
+			return -1;
+		}
+		cap *= 2;
+	}
+	char *p = realloc(b->p, cap);
+	if (p == NULL) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	b->p = p;
+	b->cap = cap;
+	return 0;
+}
+
+void fidius_trim_buffer(void) {
+	if (tls_buf.cap > FIDIUS_KEEP_BUFFER) {
+		free(tls_buf.p);
+		tls_buf.p = NULL;
+		tls_buf.cap = 0;
+		tls_buf.len = 0;
+	}
+}
+
+// A thread state created here lives as long as its OS thread. Go rarely
+// ends threads, but when it does the state is deleted so the interpreter
+// does not keep a list of dead threads.
+static void ts_destroy(void *p) {
+	PyThreadState *ts = p;
+	PyEval_RestoreThread(ts);
+	PyThreadState_Clear(ts);
+	PyThreadState_DeleteCurrent();
+}
+
+int fidius_start(void) {
+	if (Py_IsInitialized()) {
+		// Another part of the process started Python. Take a thread state
+		// the PyGILState way and keep it: its counter never drops to zero.
+		PyGILState_Ensure();
+		interp = PyInterpreterState_Main();
+		tls_ts = PyThreadState_Get();
+	} else {
+		Py_InitializeEx(0);
+		interp = PyInterpreterState_Main();
+		tls_ts = PyThreadState_Get();
+	}
+	if (pthread_key_create(&ts_key, ts_destroy) != 0)
+		return -1;
+	return 0;
+}
+
+void fidius_gil_acquire(void) {
+	PyThreadState *ts = tls_ts;
+	if (ts == NULL) {
+		ts = PyGILState_GetThisThreadState();
+		if (ts == NULL) {
+			ts = PyThreadState_New(interp);
+			pthread_setspecific(ts_key, ts);
+		}
+		tls_ts = ts;
+	}
+	PyEval_RestoreThread(ts);
+}
+
+void fidius_gil_release(void) { PyEval_SaveThread(); }
+
+void fidius_set_helpers(PyObject *describe, PyObject *fields) {
+	Py_XINCREF(describe);
+	Py_XINCREF(fields);
+	describe_fn = describe;
+	fidius_fields_fn = fields;
+}
+
+// fidius_exec_bootstrap runs the host's private Python helpers in a module
+// that is not registered in sys.modules, so plugins cannot replace it.
+PyObject *fidius_exec_bootstrap(const char *src, const char *filename) {
+	PyObject *mod = PyModule_New("_fidius_host");
+	if (mod == NULL)
+		return NULL;
+	PyObject *dict = PyModule_GetDict(mod);
+	if (PyDict_SetItemString(dict, "__builtins__", PyEval_GetBuiltins()) < 0)
+		goto fail;
+	PyObject *code = Py_CompileString(src, filename, Py_file_input);
+	if (code == NULL)
+		goto fail;
+	PyObject *res = PyEval_EvalCode(code, dict, dict);
+	Py_DECREF(code);
+	if (res == NULL)
+		goto fail;
+	Py_DECREF(res);
+	return mod;
+fail:
+	Py_DECREF(mod);
+	return NULL;
+}
+
+fidius_table *fidius_table_new(Py_ssize_t n, PyObject *owner) {
+	fidius_table *t = calloc(1, sizeof(fidius_table) + (size_t)n * sizeof(PyObject *));
+	if (t == NULL)
+		return NULL;
+	t->n = n;
+	Py_XINCREF(owner);
+	t->owner = owner;
+	return t;
+}
+
+void fidius_table_set(fidius_table *t, Py_ssize_t i, PyObject *fn) {
+	Py_XINCREF(fn);
+	Py_XSETREF(t->fns[i], fn);
+}
+
+void fidius_table_clear(fidius_table *t) {
+	for (Py_ssize_t i = 0; i < t->n; i++)
+		Py_CLEAR(t->fns[i]);
+	Py_CLEAR(t->owner);
+}
+
+static void put_bytes_obj(fidius_buf *b, PyObject *o, size_t *n) {
+	size_t before = b->len;
+	if (o != NULL && PyBytes_Check(o))
+		fidius_buf_put(b, PyBytes_AS_STRING(o), (size_t)PyBytes_GET_SIZE(o));
+	*n = b->len - before;
+}
+
+// describe_error turns the pending Python exception into code, message and
+// details in the thread buffer. It never prints the exception: PyErr_Print
+// would end the process on SystemExit.
+static void describe_error(fidius_result *r, int structured) {
+	PyObject *type, *value, *tb;
+	PyErr_Fetch(&type, &value, &tb);
+	PyErr_NormalizeException(&type, &value, &tb);
+	if (value != NULL && tb != NULL)
+		PyException_SetTraceback(value, tb);
+
+	fidius_buf *b = &tls_buf;
+	b->len = 0;
+	PyObject *desc = NULL;
+	if (describe_fn != NULL && value != NULL)
+		desc = PyObject_CallFunctionObjArgs(describe_fn, value, structured ? Py_True : Py_False, NULL);
+	if (desc != NULL && PyTuple_Check(desc) && PyTuple_GET_SIZE(desc) == 3) {
+		put_bytes_obj(b, PyTuple_GET_ITEM(desc, 0), &r->len1);
+		put_bytes_obj(b, PyTuple_GET_ITEM(desc, 1), &r->len2);
+		PyObject *details = PyTuple_GET_ITEM(desc, 2);
+		size_t mark = b->len;
+		if (details != Py_None && fidius_json_encode(details) < 0) {
+			// Details that do not encode are dropped rather than
+			// replacing the plugin's own error with an encoding one.
+			PyErr_Clear();
+			b->len = mark;
+		}
+	} else {
+		PyErr_Clear();
+		const char *name = type != NULL ? ((PyTypeObject *)type)->tp_name : "SystemError";
+		const char *dot = strrchr(name, '.');
+		if (dot != NULL)
+			name = dot + 1;
+		const char *msg = "<exception could not be described>";
+		fidius_buf_put(b, name, strlen(name));
+		r->len1 = strlen(name);
+		fidius_buf_put(b, msg, strlen(msg));
+		r->len2 = strlen(msg);
+	}
+	Py_XDECREF(desc);
+	Py_XDECREF(type);
+	Py_XDECREF(value);
+	Py_XDECREF(tb);
+	r->status = FIDIUS_PLUGIN;
+	r->data = b->p;
+	r->len = b->len;
+}
+
+fidius_result fidius_take_error(int structured) {
+	fidius_result r = {0};
+	describe_error(&r, structured);
+	return r;
+}
+
+// message_error reports the pending Python exception (or msg alone when none
+// is set) as "msg: Type: text" with the given status.
+static void message_error(fidius_result *r, int status, const char *msg) {
+	fidius_buf *b = &tls_buf;
+	b->len = 0;
+	fidius_buf_put(b, msg, strlen(msg));
+	if (PyErr_Occurred()) {
+		PyObject *type, *value, *tb;
+		PyErr_Fetch(&type, &value, &tb);
+		PyErr_NormalizeException(&type, &value, &tb);
+		const char *name = ((PyTypeObject *)type)->tp_name;
+		fidius_buf_put(b, ": ", 2);
+		fidius_buf_put(b, name, strlen(name));
+		PyObject *s = value ? PyObject_Str(value) : NULL;
+		const char *text = s ? PyUnicode_AsUTF8(s) : NULL;
+		if (text != NULL && text[0] != '\0') {
+			fidius_buf_put(b, ": ", 2);
+			fidius_buf_put(b, text, strlen(text));
+		}
+		PyErr_Clear();
+		Py_XDECREF(s);
+		Py_XDECREF(type);
+		Py_XDECREF(value);
+		Py_XDECREF(tb);
+	}
+	r->status = status;
+	r->data = b->p;
+	r->len = b->len;
+}
+
+// call_json decodes the JSON input as the call's arguments: an array is the
+// positional arguments, null or nothing means none, anything else is the
+// single argument.
+static PyObject *call_json(PyObject *fn, const char *in, size_t n, fidius_result *r) {
+	if (n == 0)
+		return PyObject_CallNoArgs(fn);
+	char err[256];
+	PyObject *arg = fidius_json_decode(in, n, err, sizeof err);
+	if (arg == NULL) {
+		fidius_buf *b = &tls_buf;
+		b->len = 0;
+		fidius_buf_put(b, err, strlen(err));
+		r->status = FIDIUS_INPUT;
+		r->data = b->p;
+		r->len = b->len;
+		return NULL;
+	}
+	PyObject *res;
+	if (PyList_CheckExact(arg)) {
+		// The list is ours and the callee never sees it, so its item
+		// array can serve as the argument vector without a tuple.
+		res = PyObject_Vectorcall(fn, ((PyListObject *)arg)->ob_item, PyList_GET_SIZE(arg), NULL);
+	} else if (arg == Py_None) {
+		res = PyObject_CallNoArgs(fn);
+	} else {
+		res = PyObject_CallOneArg(fn, arg);
+	}
+	Py_DECREF(arg);
+	return res;
+}
+
+fidius_result fidius_call_json(fidius_table *t, Py_ssize_t i, const char *in, size_t n) {
+	fidius_result r = {0};
+	fidius_gil_acquire();
+	PyObject *fn = t->fns[i];
+	if (fn == NULL) {
+		r.status = FIDIUS_CLOSED;
+		goto out;
+	}
+	Py_INCREF(fn);
+	PyObject *res = call_json(fn, in, n, &r);
+	Py_DECREF(fn);
+	if (r.status != FIDIUS_OK)
+		goto out;
+	if (res == NULL) {
+		describe_error(&r, 1);
+		goto out;
+	}
+	fidius_buf *b = &tls_buf;
+	b->len = 0;
+	if (fidius_json_encode(res) < 0)
+		message_error(&r, FIDIUS_OUTPUT, "return value cannot be encoded as JSON");
+	else {
+		r.data = b->p;
+		r.len = b->len;
+	}
+	Py_DECREF(res);
+out:
+	fidius_gil_release();
+	return r;
+}
+
+fidius_result fidius_call_raw(fidius_table *t, Py_ssize_t i, const char *in, size_t n) {
+	fidius_result r = {0};
+	fidius_gil_acquire();
+	fidius_buf *b = &tls_buf;
+	b->len = 0;
+	PyObject *fn = t->fns[i];
+	if (fn == NULL) {
+		r.status = FIDIUS_CLOSED;
+		goto out;
+	}
+	PyObject *arg = PyBytes_FromStringAndSize(in, (Py_ssize_t)n);
+	if (arg == NULL) {
+		message_error(&r, FIDIUS_INPUT, "input cannot be passed as bytes");
+		goto out;
+	}
+	Py_INCREF(fn);
+	PyObject *res = PyObject_CallOneArg(fn, arg);
+	Py_DECREF(fn);
+	Py_DECREF(arg);
+	if (res == NULL) {
+		describe_error(&r, 1);
+		goto out;
+	}
+	if (PyBytes_Check(res)) {
+		Py_ssize_t size = PyBytes_GET_SIZE(res);
+		if (size > FIDIUS_SMALL_RESULT) {
+			// Immutable: Go may copy it after the GIL is released.
+			tls_pending = res;
+			r.pending = 1;
+			r.data = PyBytes_AS_STRING(res);
+			r.len = (size_t)size;
+			goto out;
+		}
+		if (fidius_buf_put(b, PyBytes_AS_STRING(res), (size_t)size) < 0)
+			message_error(&r, FIDIUS_OUTPUT, "raw result cannot be copied");
+		else {
+			r.data = b->p;
+			r.len = b->len;
+		}
+	} else if (PyByteArray_Check(res) || PyMemoryView_Check(res)) {
+		// Mutable or borrowed memory: copy it while the GIL is held.
+		Py_buffer view;
+		if (PyObject_GetBuffer(res, &view, PyBUF_FULL_RO) < 0) {
+			message_error(&r, FIDIUS_OUTPUT, "raw result buffer cannot be read");
+		} else {
+			if (fidius_buf_grow(b, (size_t)view.len) < 0 ||
+			    PyBuffer_ToContiguous(b->p, &view, view.len, 'C') < 0) {
+				message_error(&r, FIDIUS_OUTPUT, "raw result cannot be copied");
+			} else {
+				b->len = (size_t)view.len;
+				r.data = b->p;
+				r.len = b->len;
+			}
+			PyBuffer_Release(&view);
+		}
+	} else {
+		char msg[200];
+		snprintf(msg, sizeof msg, "raw method must return bytes, bytearray or memoryview, not %.100s",
+		         Py_TYPE(res)->tp_name);
+		message_error(&r, FIDIUS_OUTPUT, msg);
+	}
+	Py_DECREF(res);
+out:
+	fidius_gil_release();
+	return r;
+}
+
+void fidius_release_pending(void) {
+	if (tls_pending == NULL)
+		return;
+	fidius_gil_acquire();
+	Py_CLEAR(tls_pending);
+	fidius_gil_release();
+}

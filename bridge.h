@@ -1,0 +1,99 @@
+// bridge.h declares the small C layer between Go and CPython: the kept
+// per-thread Python thread state, one-crossing dispatch, and the JSON codec.
+// Everything that touches Python on a call happens inside one of these
+// functions, so a call costs one cgo crossing.
+
+#ifndef FIDIUS_BRIDGE_H
+#define FIDIUS_BRIDGE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+
+// Result status of a dispatch. Details live in the calling thread's buffer.
+enum {
+	FIDIUS_OK = 0,
+	FIDIUS_CLOSED = 1,      // the handle's table was cleared by Close
+	FIDIUS_INPUT = 2,       // input could not be decoded; buffer holds the message
+	FIDIUS_PLUGIN = 3,      // plugin raised; buffer holds code, message, details
+	FIDIUS_OUTPUT = 4,      // return value could not be encoded; buffer holds the message
+};
+
+// fidius_result is returned by value so that Go passes no pointer to C.
+// data/len is the payload (or the message); for FIDIUS_PLUGIN the buffer is
+// code (len1 bytes), message (len2 bytes), details JSON (the rest).
+// pending is set when data points into a Python object that Go must release
+// with fidius_release_pending after copying.
+typedef struct {
+	int status;
+	int pending;
+	const char *data;
+	size_t len;
+	size_t len1;
+	size_t len2;
+} fidius_result;
+
+// fidius_table holds one handle's Python references. Entries are read and
+// cleared only under the GIL; the struct itself is freed by Go once the
+// handle is unreachable.
+typedef struct {
+	Py_ssize_t n;
+	PyObject *owner;   // the module (or configured instance) the methods came from
+	PyObject *fns[];
+} fidius_table;
+
+// Interpreter lifetime and the GIL.
+int fidius_start(void);          // Py_InitializeEx(0) once; returns with the GIL held
+void fidius_gil_acquire(void);   // takes the GIL with this OS thread's kept thread state
+void fidius_gil_release(void);
+
+// Helpers from the bootstrap module, set once at start-up (GIL held).
+void fidius_set_helpers(PyObject *describe, PyObject *fields);
+PyObject *fidius_exec_bootstrap(const char *src, const char *filename);
+
+// Dispatch: one crossing each; they take and release the GIL themselves.
+fidius_result fidius_call_json(fidius_table *t, Py_ssize_t i, const char *in, size_t n);
+fidius_result fidius_call_raw(fidius_table *t, Py_ssize_t i, const char *in, size_t n);
+void fidius_release_pending(void);   // takes the GIL
+void fidius_trim_buffer(void);       // no GIL needed
+
+// Tables (GIL held by the caller).
+fidius_table *fidius_table_new(Py_ssize_t n, PyObject *owner);
+void fidius_table_set(fidius_table *t, Py_ssize_t i, PyObject *fn);
+void fidius_table_clear(fidius_table *t);
+
+// Errors outside dispatch (GIL held): describes the pending exception into
+// the thread's buffer, as for FIDIUS_PLUGIN. structured=0 ignores
+// fidius.PluginError fields and always reports the class name.
+fidius_result fidius_take_error(int structured);
+
+// JSON codec (GIL held). Exposed for tests and the loader.
+PyObject *fidius_json_decode(const char *in, size_t n, char *err, size_t errlen);
+int fidius_json_encode(PyObject *o);   // appends to the thread buffer; -1 with a Python error set
+
+// The per-thread output buffer (internal to the C files).
+typedef struct {
+	char *p;
+	size_t len;
+	size_t cap;
+} fidius_buf;
+fidius_buf *fidius_tls_buf(void);
+int fidius_buf_grow(fidius_buf *b, size_t extra);
+
+static inline int fidius_buf_put(fidius_buf *b, const char *s, size_t n) {
+	if (b->cap - b->len < n && fidius_buf_grow(b, n) < 0)
+		return -1;
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	return 0;
+}
+
+static inline int fidius_buf_putc(fidius_buf *b, char c) {
+	if (b->len == b->cap && fidius_buf_grow(b, 1) < 0)
+		return -1;
+	b->p[b->len++] = c;
+	return 0;
+}
+
+#endif

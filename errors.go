@@ -1,0 +1,113 @@
+// This file owns the error kinds: one sentinel per kind for errors.Is, and
+// the structured errors that carry what a caller may want to inspect.
+
+package fidius
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors, one per kind, for errors.Is. Every error the library
+// returns matches one of them, except *PluginError, which carries a
+// plugin's own error and is reached with errors.As. A Python package
+// without [python] matches both ErrManifest and ErrMissingPythonSection.
+var (
+	// ErrManifest reports a package.toml that is missing, unreadable,
+	// malformed or inconsistent.
+	ErrManifest = errors.New("invalid package manifest")
+	// ErrNotPythonRuntime reports a package whose runtime is not "python".
+	ErrNotPythonRuntime = errors.New("not a Python plugin package")
+	// ErrMissingPythonSection reports a Python package without [python].
+	ErrMissingPythonSection = errors.New("package.toml has no [python] section")
+	// ErrImportFailed reports an entry module that could not be imported,
+	// or an __interface_hash__ that is not an unsigned 64-bit integer.
+	ErrImportFailed = errors.New("entry module import failed")
+	// ErrInterfaceHashMismatch reports a plugin built for another version
+	// of the interface. The error is also a *HashMismatchError.
+	ErrInterfaceHashMismatch = errors.New("interface hash mismatch")
+	// ErrMissingAttr reports an entry module without a required attribute
+	// such as __interface_hash__.
+	ErrMissingAttr = errors.New("entry module is missing a required attribute")
+	// ErrMethodNotRegistered reports an interface method the entry module
+	// does not define, or defines as something that is not callable.
+	ErrMethodNotRegistered = errors.New("method not registered")
+	// ErrInvalidMethodIndex reports a method index outside [0, MethodCount()).
+	ErrInvalidMethodIndex = errors.New("invalid method index")
+	// ErrWireModeMismatch reports a raw method called typed, a typed method
+	// called raw, or a streaming method called as a unary one.
+	ErrWireModeMismatch = errors.New("wire mode mismatch")
+	// ErrInputDecode reports call input that cannot become Python arguments.
+	// Nothing reached the plugin.
+	ErrInputDecode = errors.New("cannot decode call input")
+	// ErrOutputEncode reports a plugin result that cannot be returned: a
+	// typed result with no JSON form (NaN, infinity, a cycle), a raw result
+	// that is not bytes, or a result that does not decode into Call's type.
+	ErrOutputEncode = errors.New("cannot encode call output")
+	// ErrClosed reports a call on a handle after Close.
+	ErrClosed = errors.New("plugin handle is closed")
+)
+
+// PluginError is an exception raised by plugin code. A fidius.PluginError
+// arrives with its code, message and details as raised; any other exception
+// has its class name as Code, str(exc) as Message and
+// {"traceback": "..."} as Details.
+type PluginError struct {
+	// Code is the error code the plugin chose, or the exception class name.
+	Code string
+	// Message is the human-readable message.
+	Message string
+	// Details is JSON, or nil when the plugin gave no details.
+	Details json.RawMessage
+}
+
+// Error returns the code and the message.
+func (e *PluginError) Error() string {
+	return fmt.Sprintf("plugin error %s: %s", e.Code, e.Message)
+}
+
+// HashMismatchError is the error for ErrInterfaceHashMismatch: the package
+// declares one interface hash and the host expects another.
+type HashMismatchError struct {
+	// Interface is the descriptor's interface name.
+	Interface string
+	// Got is the module's __interface_hash__.
+	Got uint64
+	// Expected is the descriptor's hash.
+	Expected uint64
+}
+
+// Error names the interface and shows both hashes.
+func (e *HashMismatchError) Error() string {
+	return fmt.Sprintf("%s for interface %q: package declares 0x%016x, host expects 0x%016x",
+		ErrInterfaceHashMismatch, e.Interface, e.Got, e.Expected)
+}
+
+// Unwrap returns ErrInterfaceHashMismatch.
+func (e *HashMismatchError) Unwrap() error { return ErrInterfaceHashMismatch }
+
+// ImportError is the error for ErrImportFailed when Python raised: it
+// carries the exception as Python reported it.
+type ImportError struct {
+	// Module is the entry module being imported.
+	Module string
+	// Type is the exception class name, such as "ModuleNotFoundError".
+	Type string
+	// Message is str(exception).
+	Message string
+	// Traceback is the formatted stack of the exception.
+	Traceback string
+}
+
+// Error names the module and the exception, followed by the traceback.
+func (e *ImportError) Error() string {
+	s := fmt.Sprintf("%s: module %q: %s: %s", ErrImportFailed, e.Module, e.Type, e.Message)
+	if e.Traceback != "" {
+		s += "\n" + e.Traceback
+	}
+	return s
+}
+
+// Unwrap returns ErrImportFailed.
+func (e *ImportError) Unwrap() error { return ErrImportFailed }

@@ -1,0 +1,11 @@
+module github.com/fidius-go/fidius
+
+go 1.26.8
+
+require (
+	github.com/BurntSushi/toml v1.4.0
+	go.nhat.io/cpy/v3 v3.11.2
+	go.uber.org/zap v1.27.0
+)
+
+require go.uber.org/multierr v1.10.0 // indirect

@@ -1,0 +1,185 @@
+// This file owns the process's one embedded interpreter: starting it once,
+// taking the GIL for Go code that drives Python through cpy3, the host's
+// private Python helpers, and the embedded copy of the fidius SDK.
+
+package fidius
+
+/*
+#cgo pkg-config: python-3.11-embed
+#cgo CFLAGS: -Wall -Wno-unused-function
+#include <stdlib.h>
+#include "bridge.h"
+*/
+import "C"
+
+import (
+	"embed"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"path"
+	"runtime"
+	"strings"
+	"sync"
+	"unsafe"
+
+	cpy "go.nhat.io/cpy/v3"
+)
+
+//go:embed python/host.py
+var hostSource string
+
+// sdkFiles is the fidius SDK served to plugins that do not vendor it.
+//
+//go:embed python/fidius/*.py
+var sdkFiles embed.FS
+
+var (
+	startOnce sync.Once
+	startErr  error
+)
+
+// ensureInterpreter starts the interpreter the first time it is called;
+// later calls return the first call's result. The interpreter is never
+// finalized: C extensions cannot be unloaded safely, and handles may outlive
+// any point where the host could say it is done.
+func ensureInterpreter() error {
+	startOnce.Do(func() { startErr = startInterpreter() })
+	return startErr
+}
+
+func startInterpreter() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if C.fidius_start() != 0 {
+		return fmt.Errorf("%w: cannot start the Python interpreter", ErrImportFailed)
+	}
+	// fidius_start returns holding the GIL; from here on the GIL is only
+	// ever held for the length of a call.
+	defer C.fidius_gil_release()
+
+	src := C.CString(hostSource)
+	defer C.free(unsafe.Pointer(src))
+	name := C.CString("<fidius-go>/host.py")
+	defer C.free(unsafe.Pointer(name))
+	mod := fromC(C.fidius_exec_bootstrap(src, name))
+	if mod == nil {
+		return takeImportError("<fidius-go>/host.py")
+	}
+	defer mod.DecRef()
+
+	describe := mod.GetAttrString("describe")
+	fields := mod.GetAttrString("field_names")
+	install := mod.GetAttrString("install_sdk")
+	defer describe.DecRef()
+	defer fields.DecRef()
+	defer install.DecRef()
+	if describe == nil || fields == nil || install == nil {
+		return takeImportError("<fidius-go>/host.py")
+	}
+	C.fidius_set_helpers(toC(describe), toC(fields))
+
+	sources, err := sdkSources()
+	if err != nil {
+		return err
+	}
+	defer sources.DecRef()
+	res := install.CallFunctionObjArgs(sources)
+	if res == nil {
+		return takeImportError("fidius (embedded SDK)")
+	}
+	res.DecRef()
+	return nil
+}
+
+// sdkSources builds {module name: (is_package, source)} from the embedded
+// SDK files. GIL held.
+func sdkSources() (*cpy.PyObject, error) {
+	dict := cpy.PyDict_New()
+	err := fs.WalkDir(sdkFiles, "python", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		src, err := sdkFiles.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		mod := strings.ReplaceAll(strings.TrimSuffix(strings.TrimPrefix(p, "python/"), ".py"), "/", ".")
+		isPkg := path.Base(p) == "__init__.py"
+		if isPkg {
+			mod = strings.TrimSuffix(mod, ".__init__")
+		}
+		entry := cpy.PyTuple_New(2)
+		cpy.PyTuple_SetItem(entry, 0, cpy.PyBool_FromLong(btoi(isPkg)))
+		cpy.PyTuple_SetItem(entry, 1, cpy.PyUnicode_FromString(string(src)))
+		cpy.PyDict_SetItemString(dict, mod, entry)
+		entry.DecRef()
+		return nil
+	})
+	if err != nil {
+		dict.DecRef()
+		return nil, fmt.Errorf("%w: embedded SDK: %v", ErrImportFailed, err)
+	}
+	return dict, nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// withGIL runs f on a pinned OS thread holding the GIL, with that thread's
+// kept Python thread state. f must not wait on anything that itself needs
+// the GIL.
+func withGIL(f func()) {
+	runtime.LockOSThread()
+	C.fidius_gil_acquire()
+	defer func() {
+		C.fidius_gil_release()
+		runtime.UnlockOSThread()
+	}()
+	f()
+}
+
+// fromC and toC convert between this package's C view of a Python object
+// and cpy3's; both name the same C type.
+func fromC(p *C.PyObject) *cpy.PyObject { return (*cpy.PyObject)(unsafe.Pointer(p)) }
+func toC(p *cpy.PyObject) *C.PyObject   { return (*C.PyObject)(unsafe.Pointer(p)) }
+
+// pyException is a Python exception read out of the interpreter.
+type pyException struct {
+	code, message string
+	details       json.RawMessage
+}
+
+// readException copies a described exception out of the thread buffer.
+// Call it on the thread that produced r, before unpinning.
+func readException(r C.fidius_result) pyException {
+	b := unsafe.Slice((*byte)(unsafe.Pointer(r.data)), int(r.len))
+	n1, n2 := int(r.len1), int(r.len2)
+	e := pyException{code: string(b[:n1]), message: string(b[n1 : n1+n2])}
+	if len(b) > n1+n2 {
+		e.details = json.RawMessage(append([]byte(nil), b[n1+n2:]...))
+	}
+	return e
+}
+
+// takeImportError clears the pending Python exception and returns it as an
+// *ImportError for module. GIL held.
+func takeImportError(module string) error {
+	e := readException(C.fidius_take_error(0))
+	var d struct {
+		Traceback string `json:"traceback"`
+	}
+	_ = json.Unmarshal(e.details, &d)
+	return &ImportError{Module: module, Type: e.code, Message: e.message, Traceback: d.Traceback}
+}
+
+// clearError discards the pending Python exception and returns its
+// "Type: message" text. GIL held.
+func clearError() string {
+	e := readException(C.fidius_take_error(0))
+	return e.code + ": " + e.message
+}

@@ -1,0 +1,213 @@
+// This file owns package.toml: reading it, checking it the way fidius
+// does, and decoding the host's own [metadata] schema.
+
+package fidius
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Runtimes a package.toml may name.
+const (
+	RuntimeRust   = "rust"
+	RuntimePython = "python"
+)
+
+// Manifest is a parsed package.toml.
+type Manifest struct {
+	// Package is the fixed [package] header.
+	Package PackageHeader
+	// Python is the [python] section; nil for packages of another runtime.
+	Python *PythonSection
+	// Path is the manifest file that was read.
+	Path string
+
+	metadata toml.Primitive
+	meta     toml.MetaData
+}
+
+// PackageHeader is the [package] table.
+type PackageHeader struct {
+	// Name is the package name, such as "py-greeter".
+	Name string `toml:"name"`
+	// Version is the package version.
+	Version string `toml:"version"`
+	// Interface names the interface the package implements.
+	Interface string `toml:"interface"`
+	// InterfaceVersion is the interface version the package was built for.
+	InterfaceVersion uint32 `toml:"interface_version"`
+	// Extension is the archive extension; empty means "fid" (see FileExtension).
+	Extension string `toml:"extension"`
+	// Runtime is "rust", "python", or empty for "rust" (see RuntimeName).
+	Runtime string `toml:"runtime"`
+}
+
+// FileExtension returns the archive extension, "fid" unless the manifest
+// names another.
+func (h PackageHeader) FileExtension() string {
+	if h.Extension == "" {
+		return "fid"
+	}
+	return h.Extension
+}
+
+// RuntimeName returns the runtime, "rust" when the manifest names none.
+func (h PackageHeader) RuntimeName() string {
+	if h.Runtime == "" {
+		return RuntimeRust
+	}
+	return h.Runtime
+}
+
+// PythonSection is the [python] table.
+type PythonSection struct {
+	// EntryModule is the dotted module the loader imports, such as "my_plugin.entry".
+	EntryModule string `toml:"entry_module"`
+	// Requirements is the requirements file used to vendor dependencies;
+	// empty means "requirements.txt" (see RequirementsFile).
+	Requirements string `toml:"requirements"`
+}
+
+// RequirementsFile returns the requirements file name, "requirements.txt"
+// unless the manifest names another.
+func (p PythonSection) RequirementsFile() string {
+	if p.Requirements == "" {
+		return "requirements.txt"
+	}
+	return p.Requirements
+}
+
+type rawManifest struct {
+	Package  *rawHeader     `toml:"package"`
+	Metadata toml.Primitive `toml:"metadata"`
+	Python   *rawPython     `toml:"python"`
+}
+
+// The raw forms use pointers so that a missing required key can be told
+// from an empty one.
+type rawHeader struct {
+	Name             *string `toml:"name"`
+	Version          *string `toml:"version"`
+	Interface        *string `toml:"interface"`
+	InterfaceVersion *uint32 `toml:"interface_version"`
+	Extension        *string `toml:"extension"`
+	Runtime          *string `toml:"runtime"`
+}
+
+type rawPython struct {
+	EntryModule  *string `toml:"entry_module"`
+	Requirements *string `toml:"requirements"`
+}
+
+// LoadManifest reads and checks dir/package.toml. Every failure matches
+// ErrManifest; syntax and type errors name the file, line and column.
+func LoadManifest(dir string) (*Manifest, error) {
+	path := filepath.Join(dir, "package.toml")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: no package.toml in %s", ErrManifest, dir)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrManifest, err)
+	}
+	var raw rawManifest
+	md, err := toml.Decode(string(data), &raw)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			msg := perr.Message
+			if msg == "" {
+				msg = perr.Error()
+			}
+			return nil, fmt.Errorf("%w: %s:%d:%d: %s", ErrManifest, path, perr.Position.Line, column(data, perr.Position.Start), msg)
+		}
+		return nil, fmt.Errorf("%w: %s: %v", ErrManifest, path, err)
+	}
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrManifest, path, fmt.Sprintf(format, args...))
+	}
+	if raw.Package == nil {
+		return nil, bad("missing [package] table")
+	}
+	for _, req := range []struct {
+		key string
+		set bool
+	}{
+		{"name", raw.Package.Name != nil},
+		{"version", raw.Package.Version != nil},
+		{"interface", raw.Package.Interface != nil},
+		{"interface_version", raw.Package.InterfaceVersion != nil},
+	} {
+		if !req.set {
+			return nil, bad("missing required key package.%s", req.key)
+		}
+	}
+	if !md.IsDefined("metadata") {
+		return nil, bad("missing [metadata] table")
+	}
+	m := &Manifest{
+		Package: PackageHeader{
+			Name:             *raw.Package.Name,
+			Version:          *raw.Package.Version,
+			Interface:        *raw.Package.Interface,
+			InterfaceVersion: *raw.Package.InterfaceVersion,
+			Extension:        deref(raw.Package.Extension),
+			Runtime:          deref(raw.Package.Runtime),
+		},
+		Path:     path,
+		metadata: raw.Metadata,
+		meta:     md,
+	}
+	switch m.Package.RuntimeName() {
+	case RuntimeRust:
+		if raw.Python != nil {
+			return nil, bad("[python] section is only valid with runtime = %q", RuntimePython)
+		}
+	case RuntimePython:
+		if raw.Python == nil {
+			// Both a manifest error (SPEC section 1) and its own kind for
+			// the loader (section 2).
+			return nil, fmt.Errorf("%w: %w: %s: runtime = %q requires a [python] section with entry_module",
+				ErrManifest, ErrMissingPythonSection, path, RuntimePython)
+		}
+		if raw.Python.EntryModule == nil {
+			return nil, bad("missing required key python.entry_module")
+		}
+		m.Python = &PythonSection{EntryModule: *raw.Python.EntryModule, Requirements: deref(raw.Python.Requirements)}
+	default:
+		return nil, bad("unknown runtime %q: allowed values are %q and %q", m.Package.Runtime, RuntimeRust, RuntimePython)
+	}
+	return m, nil
+}
+
+// column returns the 1-based column of byte offset off in data.
+func column(data []byte, off int) int {
+	if off > len(data) {
+		off = len(data)
+	}
+	return off - bytes.LastIndexByte(data[:off], '\n')
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// DecodeMetadata decodes the [metadata] table into v, the host's own
+// schema (a pointer to a struct or a map). Keys v does not have are
+// ignored; a value of the wrong type is an error matching ErrManifest.
+func (m *Manifest) DecodeMetadata(v any) error {
+	if err := m.meta.PrimitiveDecode(m.metadata, v); err != nil {
+		return fmt.Errorf("%w: %s: [metadata]: %v", ErrManifest, m.Path, err)
+	}
+	return nil
+}

@@ -1,0 +1,88 @@
+# The Go host's private helpers. This file runs once, in a module that is
+# not in sys.modules, when the interpreter starts. It keeps its own
+# references to what it needs, so a plugin that edits sys.modules or
+# sys.path cannot break error reporting for the others.
+
+import dataclasses
+import sys
+import traceback
+
+_format_tb = traceback.format_tb
+_fields = dataclasses.fields
+_field_cache = {}
+
+
+def _text(value):
+    return value.encode("utf-8", "backslashreplace")
+
+
+def _safe_str(obj):
+    try:
+        return str(obj)
+    except BaseException:
+        return f"<unprintable {type(obj).__name__} object>"
+
+
+def _is_fidius_error(exc):
+    # Recognised by what it is, not by identity: a plugin may raise the
+    # class from its own vendored copy of the SDK.
+    for cls in type(exc).__mro__:
+        if cls.__name__ == "PluginError" and "fidius" in str(getattr(cls, "__module__", "")).split("."):
+            return hasattr(exc, "code") and hasattr(exc, "message")
+    return False
+
+
+def describe(exc, structured):
+    """Return (code, message, details) for an exception; strings as UTF-8 bytes."""
+    if structured and _is_fidius_error(exc):
+        return (_text(_safe_str(exc.code)), _text(_safe_str(exc.message)), getattr(exc, "details", None))
+    try:
+        tb = "".join(_format_tb(exc.__traceback__))
+    except BaseException:
+        tb = ""
+    return (_text(type(exc).__name__), _text(_safe_str(exc)), {"traceback": tb})
+
+
+def field_names(obj):
+    """Return the field names of a dataclass instance, cached per class."""
+    cls = type(obj)
+    names = _field_cache.get(cls)
+    if names is None:
+        names = tuple(f.name for f in _fields(obj))
+        _field_cache[cls] = names
+    return names
+
+
+class _EmbeddedSDK:
+    """Serves the embedded ``fidius`` SDK to plugins that do not vendor it.
+
+    It sits at the end of sys.meta_path, so a ``fidius`` found on sys.path
+    (a plugin's vendor/ directory) always wins.
+    """
+
+    def __init__(self, sources):
+        self._sources = sources  # module name -> (is_package, source)
+
+    def find_spec(self, fullname, path=None, target=None):
+        entry = self._sources.get(fullname)
+        if entry is None:
+            return None
+        import importlib.util
+
+        return importlib.util.spec_from_loader(
+            fullname, self, origin="<fidius-go>/" + fullname.replace(".", "/") + ".py", is_package=entry[0]
+        )
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        source = self._sources[module.__name__][1]
+        exec(compile(source, module.__spec__.origin, "exec"), module.__dict__)
+
+    def get_source(self, fullname):
+        return self._sources[fullname][1]
+
+
+def install_sdk(sources):
+    sys.meta_path.append(_EmbeddedSDK(dict(sources)))

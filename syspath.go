@@ -1,0 +1,53 @@
+// This file owns the plugin's place on sys.path: its vendor/ directory and
+// its own directory go first, once each, as absolute paths.
+
+package fidius
+
+import (
+	"fmt"
+	"path/filepath"
+
+	cpy "go.nhat.io/cpy/v3"
+)
+
+// prependSysPath makes sys.path start [dir/vendor, dir, ...] unless those
+// entries are already on it, and returns the entries it inserted. dir must
+// be absolute and clean, so that a later chdir changes nothing. GIL held.
+func prependSysPath(dir string) ([]string, error) {
+	path := cpy.PySys_GetObject("path") // borrowed
+	if path == nil || !cpy.PyList_Check(path) {
+		return nil, fmt.Errorf("%w: sys.path is not a list", ErrImportFailed)
+	}
+	var inserted []string
+	// Inserting at 0 in reverse order leaves vendor/ first.
+	for _, p := range []string{dir, filepath.Join(dir, "vendor")} {
+		if onSysPath(path, p) {
+			continue
+		}
+		s := cpy.PyUnicode_FromString(p)
+		rc := cpy.PyList_Insert(path, 0, s)
+		s.DecRef()
+		if rc != 0 {
+			return inserted, fmt.Errorf("%w: inserting %s into sys.path: %s", ErrImportFailed, p, clearError())
+		}
+		inserted = append(inserted, p)
+	}
+	return inserted, nil
+}
+
+func onSysPath(path *cpy.PyObject, p string) bool {
+	for i, n := 0, cpy.PyList_Size(path); i < n; i++ {
+		item := cpy.PyList_GetItem(path, i) // borrowed
+		if !cpy.PyUnicode_Check(item) {
+			continue
+		}
+		s := cpy.PyUnicode_AsUTF8(item)
+		if s == "" {
+			cpy.PyErr_Clear() // an entry with lone surrogates has no UTF-8 form
+		}
+		if s == p {
+			return true
+		}
+	}
+	return false
+}
