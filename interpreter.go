@@ -174,7 +174,7 @@ func takeImportError(module string) error {
 		Traceback string `json:"traceback"`
 	}
 	_ = json.Unmarshal(e.details, &d)
-	return &ImportError{Module: module, Type: e.code, Message: e.message, Traceback: d.Traceback}
+	return &ImportError{Module: module, Type: e.code, Message: e.message, Traceback: strings.TrimRight(d.Traceback, "\n")}
 }
 
 // clearError discards the pending Python exception and returns its

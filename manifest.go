@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 
 	"github.com/BurntSushi/toml"
 )
@@ -120,15 +122,7 @@ func LoadManifest(dir string) (*Manifest, error) {
 	var raw rawManifest
 	md, err := toml.Decode(string(data), &raw)
 	if err != nil {
-		var perr toml.ParseError
-		if errors.As(err, &perr) {
-			msg := perr.Message
-			if msg == "" {
-				msg = perr.Error()
-			}
-			return nil, fmt.Errorf("%w: %s:%d:%d: %s", ErrManifest, path, perr.Position.Line, column(data, perr.Position.Start), msg)
-		}
-		return nil, fmt.Errorf("%w: %s: %v", ErrManifest, path, err)
+		return nil, fmt.Errorf("%w: %s", ErrManifest, positioned(path, data, err))
 	}
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s: %s", ErrManifest, path, fmt.Sprintf(format, args...))
@@ -174,8 +168,7 @@ func LoadManifest(dir string) (*Manifest, error) {
 		if raw.Python == nil {
 			// Both a manifest error (SPEC section 1) and its own kind for
 			// the loader (section 2).
-			return nil, fmt.Errorf("%w: %w: %s: runtime = %q requires a [python] section with entry_module",
-				ErrManifest, ErrMissingPythonSection, path, RuntimePython)
+			return nil, fmt.Errorf("%w: %s: runtime is %q but %w", ErrManifest, path, RuntimePython, ErrMissingPythonSection)
 		}
 		if raw.Python.EntryModule == nil {
 			return nil, bad("missing required key python.entry_module")
@@ -187,12 +180,50 @@ func LoadManifest(dir string) (*Manifest, error) {
 	return m, nil
 }
 
-// column returns the 1-based column of byte offset off in data.
-func column(data []byte, off int) int {
-	if off > len(data) {
-		off = len(data)
+// typeErr matches the errors BurntSushi/toml reports for a value of the
+// wrong type, which carry a line but no column.
+var typeErr = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
+
+// positioned formats a TOML error as "file:line:column: message".
+func positioned(path string, data []byte, err error) string {
+	msg := err.Error()
+	var perr toml.ParseError
+	if errors.As(err, &perr) && perr.Message != "" {
+		msg = perr.Message
 	}
-	return off - bytes.LastIndexByte(data[:off], '\n')
+	line, col := 0, 0
+	if m := typeErr.FindStringSubmatch(msg); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		col = valueColumn(data, line)
+		msg = m[2] + ": " + m[3]
+	}
+	if errors.As(err, &perr) {
+		off := min(perr.Position.Start, len(data))
+		line, col = perr.Position.Line, off-bytes.LastIndexByte(data[:off], '\n')
+	}
+	if line == 0 {
+		return fmt.Sprintf("%s: %s", path, msg)
+	}
+	return fmt.Sprintf("%s:%d:%d: %s", path, line, col, msg)
+}
+
+// valueColumn returns the 1-based column of the value on a "key = value"
+// line, or 1 when the line has no '='.
+func valueColumn(data []byte, line int) int {
+	lines := bytes.Split(data, []byte("\n"))
+	if line < 1 || line > len(lines) {
+		return 1
+	}
+	l := lines[line-1]
+	eq := bytes.IndexByte(l, '=')
+	if eq < 0 {
+		return 1
+	}
+	col := eq + 1
+	for col < len(l) && (l[col] == ' ' || l[col] == '\t') {
+		col++
+	}
+	return col + 1
 }
 
 func deref(s *string) string {

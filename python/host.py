@@ -7,7 +7,9 @@ import dataclasses
 import sys
 import traceback
 
-_format_tb = traceback.format_tb
+_extract_tb = traceback.extract_tb
+_from_list = traceback.StackSummary.from_list
+_format_only = traceback.format_exception_only
 _fields = dataclasses.fields
 _field_cache = {}
 
@@ -32,12 +34,28 @@ def _is_fidius_error(exc):
     return False
 
 
+def _traceback(exc, summary):
+    # The import system's own frames say nothing about the plugin.
+    frames = [f for f in _extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen importlib")]
+    text = "".join(_from_list(frames).format())
+    if summary:
+        # The exception's own lines: for a SyntaxError, the file, line and caret.
+        text += "".join(_format_only(type(exc), exc))
+    return text
+
+
 def describe(exc, structured):
-    """Return (code, message, details) for an exception; strings as UTF-8 bytes."""
+    """Return (code, message, details) for an exception; strings as UTF-8 bytes.
+
+    structured: a call's error, where a fidius.PluginError keeps its own
+    fields and the traceback is the formatted frames (as fidius sends it).
+    Otherwise an import-time error: class name, message, and the frames
+    followed by Python's own summary of the exception.
+    """
     if structured and _is_fidius_error(exc):
         return (_text(_safe_str(exc.code)), _text(_safe_str(exc.message)), getattr(exc, "details", None))
     try:
-        tb = "".join(_format_tb(exc.__traceback__))
+        tb = _traceback(exc, not structured)
     except BaseException:
         tb = ""
     return (_text(type(exc).__name__), _text(_safe_str(exc)), {"traceback": tb})
