@@ -1,6 +1,6 @@
 module github.com/fidius-go/fidius
 
-go 1.26.8
+go 1.24
 
 require (
 	github.com/BurntSushi/toml v1.4.0

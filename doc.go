@@ -1,0 +1,57 @@
+// Package fidius hosts Python plugins in a Go program by embedding CPython
+// 3.11 through cgo: no subprocess, no socket, no second deployment.
+//
+// A plugin is a package directory holding a package.toml, Python code and
+// an optional vendor/ directory, in the format of fidius, the Rust plugin
+// framework: a package written for a fidius host loads here unchanged.
+// LoadPythonPlugin checks the package against an InterfaceDescriptor and
+// returns a *PluginHandle whose methods are called by index, with JSON
+// (CallJSON, or Call for Go values) or raw bytes (CallRaw), from any number
+// of goroutines.
+//
+// # Values
+//
+// Typed calls convert JSON to Python and back:
+//
+//	JSON                          Python               back to JSON
+//	null                          None                 null
+//	true, false                   bool                 true, false
+//	number, no fraction/exponent  int (any size)       the exact digits
+//	other number                  float                shortest round-trip form;
+//	                                                   NaN and ±Inf are ErrOutputEncode
+//	string                        str                  string
+//	array                         list                 array (from list or tuple)
+//	object                        dict                 object; keys that are not str become str(key)
+//	                              bytes, bytearray     array of byte values
+//	                              dataclass instance   object of its fields
+//	                              anything else        str(obj)
+//
+// A JSON array input is the positional arguments; null or empty input calls
+// with no arguments; any other value is the single argument. Input must be
+// strict JSON (RFC 8259) in UTF-8, nested at most 1000 levels deep;
+// anything else is ErrInputDecode and nothing reaches Python. Integers are
+// limited only by Python's int/str conversion limit (4300 digits by default).
+//
+// # Errors
+//
+// Every error kind has a sentinel for errors.Is (ErrManifest,
+// ErrImportFailed, ErrClosed, ...). A Python exception raised by a plugin is
+// a *PluginError: a fidius.PluginError keeps its code, message and details;
+// any other exception has its class name as the code. SystemExit and
+// KeyboardInterrupt are ordinary plugin errors: a plugin cannot end the
+// host process.
+//
+// # The interpreter
+//
+// One interpreter serves the process. It starts on the first load, without
+// Python's signal handlers (Go keeps its own), and is never finalized.
+// Each OS thread that calls into Python gets a Python thread state once
+// and keeps it; a call pins its goroutine to its thread and holds the GIL
+// only while Python runs, so plugin code runs one call at a time while Go
+// code around it runs in parallel.
+//
+// All plugins share one sys.modules. Two packages whose entry modules have
+// the same name get whichever was imported first, and whichever copy of the
+// fidius SDK is imported first serves every plugin. The library embeds the
+// SDK, found after every plugin directory, for plugins that do not vendor it.
+package fidius
