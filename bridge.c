@@ -63,6 +63,9 @@ static void ts_destroy(void *p) {
 	PyEval_RestoreThread(ts);
 	PyThreadState_Clear(ts);
 	PyThreadState_DeleteCurrent();
+	free(tls_buf.p);
+	tls_buf.p = NULL;
+	tls_buf.cap = tls_buf.len = 0;
 }
 
 int fidius_start(void) {

@@ -70,6 +70,10 @@ func (h *PluginHandle) Close() error {
 	return nil
 }
 
+func (h *PluginHandle) errClosed() error {
+	return fmt.Errorf("%w: interface %q", ErrClosed, h.desc.InterfaceName)
+}
+
 // method checks the index and the wire mode of a call.
 func (h *PluginHandle) method(ctx context.Context, i int, raw bool) (*MethodDesc, error) {
 	if i < 0 || i >= len(h.desc.Methods) {
@@ -88,7 +92,7 @@ func (h *PluginHandle) method(ctx context.Context, i int, raw bool) (*MethodDesc
 			ErrWireModeMismatch, m.Name, h.desc.InterfaceName)
 	}
 	if h.closed.Load() {
-		return nil, ErrClosed
+		return nil, h.errClosed()
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -155,7 +159,7 @@ func (h *PluginHandle) result(m *MethodDesc, r C.fidius_result) ([]byte, error) 
 		}
 		return out, nil
 	case C.FIDIUS_CLOSED:
-		return nil, ErrClosed
+		return nil, h.errClosed()
 	case C.FIDIUS_PLUGIN:
 		e := readException(r)
 		return nil, &PluginError{Code: e.code, Message: e.message, Details: e.details}
