@@ -725,3 +725,62 @@ func TestLogging(t *testing.T) {
 		t.Errorf("info lines: %v", info)
 	}
 }
+
+func TestSDKRegistry(t *testing.T) {
+	// The registry is shared by every plugin in the test binary: the
+	// checks run on a saved copy and put it back.
+	dir, d := simplePlugin(t, `
+import fidius
+from fidius import _registry
+
+def check():
+    saved = dict(_registry._REGISTRY)
+    out = {}
+    try:
+        fidius.reset_registry()
+        def a(): pass
+        a.__module__ = "mod_one"
+        def b(): pass
+        b.__module__ = "mod_one"
+        def a2(): pass
+        a2.__module__ = "mod_two"
+        a2.__name__ = "a"
+        out["returned_unchanged"] = fidius.method(a) is a
+        fidius.method(b)
+        fidius.method(a2)
+        try:
+            fidius.method(a)
+            out["duplicate"] = "no error"
+        except ValueError as e:
+            out["duplicate"] = str(e)
+        out["list_all"] = fidius.list_methods()
+        out["list_one"] = fidius.list_methods("mod_two")
+        out["get_scoped"] = fidius.get_method("a", module="mod_two") is a2
+        out["get_unique"] = fidius.get_method("b") is b
+        for name in ("a", "zzz"):
+            try:
+                fidius.get_method(name)
+                out["get_" + name] = "no error"
+            except KeyError as e:
+                out["get_" + name] = "KeyError"
+        fidius.reset_registry()
+        out["after_reset"] = fidius.list_methods()
+        err = fidius.PluginError("C", "m")
+        out["error"] = [err.code, err.message, err.details, str(err), isinstance(err, Exception)]
+    finally:
+        _registry._REGISTRY.clear()
+        _registry._REGISTRY.update(saved)
+    return out
+`, MethodDesc{Name: "check"})
+	h := mustLoad(t, dir, d)
+	out, err := h.CallJSON(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"returned_unchanged":true,"duplicate":"fidius: method 'a' is already registered in module 'mod_one'",` +
+		`"list_all":["a","b"],"list_one":["a"],"get_scoped":true,"get_unique":true,"get_a":"KeyError","get_zzz":"KeyError",` +
+		`"after_reset":[],"error":["C","m",null,"m",true]}`
+	if string(out) != want {
+		t.Fatalf("got  %s\nwant %s", out, want)
+	}
+}
