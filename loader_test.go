@@ -21,12 +21,12 @@ import (
 // testHash is the __interface_hash__ of testdata/greeter.
 const testHash = 0x6669646975732d67
 
-var testRaw = map[string]bool{"reverse": true, "raw_str": true, "raw_bytearray": true, "raw_memoryview": true}
+var testRaw = map[string]bool{"echo_raw": true, "reverse": true, "raw_str": true, "raw_bytearray": true, "raw_memoryview": true}
 
 func testDescriptor() *InterfaceDescriptor {
 	d := &InterfaceDescriptor{InterfaceName: "TestGreeter", InterfaceHash: testHash}
 	for _, name := range []string{"greet", "move", "reverse", "fail", "key_error", "exit", "echo", "types",
-		"count", "raw_str", "raw_bytearray", "raw_memoryview", "noop", "sink", "value", "sys_path"} {
+		"count", "raw_str", "raw_bytearray", "raw_memoryview", "noop", "sink", "value", "sys_path", "echo_raw"} {
 		d.Methods = append(d.Methods, MethodDesc{Name: name, WireRaw: testRaw[name]})
 	}
 	return d
