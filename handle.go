@@ -12,7 +12,6 @@ import "C"
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"runtime"
 	"sync/atomic"
@@ -113,7 +112,7 @@ func (h *PluginHandle) CallJSON(ctx context.Context, i int, input []byte) ([]byt
 	}
 	runtime.LockOSThread()
 	r := C.fidius_call_json(h.tab, C.Py_ssize_t(i), bytesPtr(input), C.size_t(len(input)))
-	out, err := h.result(m, r)
+	out, err := h.result(m, r, nil)
 	runtime.UnlockOSThread()
 	runtime.KeepAlive(h)
 	runtime.KeepAlive(input)
@@ -125,13 +124,22 @@ func (h *PluginHandle) CallJSON(ctx context.Context, i int, input []byte) ([]byt
 //
 // An already-cancelled ctx returns its error without running anything.
 func (h *PluginHandle) CallRaw(ctx context.Context, i int, input []byte) ([]byte, error) {
+	return h.CallRawAppend(ctx, i, nil, input)
+}
+
+// CallRawAppend is CallRaw, but appends the result to dst and returns the
+// extended slice, like strconv.AppendInt. A host that reuses dst makes no
+// Go allocation per call, which matters for large payloads: a fresh result
+// slice per call makes the garbage collector run in proportion to the
+// bytes returned.
+func (h *PluginHandle) CallRawAppend(ctx context.Context, i int, dst, input []byte) ([]byte, error) {
 	m, err := h.method(ctx, i, true)
 	if err != nil {
-		return nil, err
+		return dst, err
 	}
 	runtime.LockOSThread()
 	r := C.fidius_call_raw(h.tab, C.Py_ssize_t(i), bytesPtr(input), C.size_t(len(input)))
-	out, err := h.result(m, r)
+	out, err := h.result(m, r, dst)
 	runtime.UnlockOSThread()
 	runtime.KeepAlive(h)
 	runtime.KeepAlive(input)
@@ -145,13 +153,17 @@ func bytesPtr(b []byte) *C.char {
 	return (*C.char)(unsafe.Pointer(&b[0]))
 }
 
-// result turns a dispatch result into Go values. It runs on the thread
-// that made the call, whose buffer holds the data.
-func (h *PluginHandle) result(m *MethodDesc, r C.fidius_result) ([]byte, error) {
+// result turns a dispatch result into Go values, appending a successful
+// result to dst. It runs on the thread that made the call, whose buffer
+// holds the data.
+func (h *PluginHandle) result(m *MethodDesc, r C.fidius_result, dst []byte) ([]byte, error) {
 	switch r.status {
 	case C.FIDIUS_OK:
-		// Appending to an empty slice allocates without zeroing first.
-		out := append([]byte{}, unsafe.Slice((*byte)(unsafe.Pointer(r.data)), int(r.len))...)
+		if dst == nil {
+			dst = []byte{} // an empty result is empty, not nil
+		}
+		// append allocates without zeroing the part it copies over.
+		out := append(dst, unsafe.Slice((*byte)(unsafe.Pointer(r.data)), int(r.len))...)
 		if r.pending != 0 {
 			C.fidius_release_pending()
 		} else if r.len > keepBuffer {
@@ -159,37 +171,14 @@ func (h *PluginHandle) result(m *MethodDesc, r C.fidius_result) ([]byte, error) 
 		}
 		return out, nil
 	case C.FIDIUS_CLOSED:
-		return nil, h.errClosed()
+		return dst, h.errClosed()
 	case C.FIDIUS_PLUGIN:
 		e := readException(r)
-		return nil, &PluginError{Code: e.code, Message: e.message, Details: e.details}
+		return dst, &PluginError{Code: e.code, Message: e.message, Details: e.details}
 	}
 	msg := C.GoStringN(r.data, C.int(r.len))
 	if r.status == C.FIDIUS_INPUT {
-		return nil, fmt.Errorf("%w for method %q: %s", ErrInputDecode, m.Name, msg)
+		return dst, fmt.Errorf("%w for method %q: %s", ErrInputDecode, m.Name, msg)
 	}
-	return nil, fmt.Errorf("%w from method %q: %s", ErrOutputEncode, m.Name, msg)
-}
-
-// Call calls typed method i with args marshalled by encoding/json as the
-// positional arguments, and unmarshals the JSON result into Out. Arguments
-// that do not marshal match ErrInputDecode; a result that does not
-// unmarshal into Out matches ErrOutputEncode.
-func Call[Out any](ctx context.Context, h *PluginHandle, i int, args ...any) (Out, error) {
-	var out Out
-	if args == nil {
-		args = []any{}
-	}
-	in, err := json.Marshal(args)
-	if err != nil {
-		return out, fmt.Errorf("%w: arguments: %v", ErrInputDecode, err)
-	}
-	res, err := h.CallJSON(ctx, i, in)
-	if err != nil {
-		return out, err
-	}
-	if err := json.Unmarshal(res, &out); err != nil {
-		return out, fmt.Errorf("%w: result of method %q does not decode into %T: %v", ErrOutputEncode, h.desc.Methods[i].Name, out, err)
-	}
-	return out, nil
+	return dst, fmt.Errorf("%w from method %q: %s", ErrOutputEncode, m.Name, msg)
 }

@@ -26,7 +26,7 @@ var testRaw = map[string]bool{"echo_raw": true, "reverse": true, "raw_str": true
 func testDescriptor() *InterfaceDescriptor {
 	d := &InterfaceDescriptor{InterfaceName: "TestGreeter", InterfaceHash: testHash}
 	for _, name := range []string{"greet", "move", "reverse", "fail", "key_error", "exit", "echo", "types",
-		"count", "raw_str", "raw_bytearray", "raw_memoryview", "noop", "sink", "value", "sys_path", "echo_raw"} {
+		"count", "raw_str", "raw_bytearray", "raw_memoryview", "noop", "sink", "value", "sys_path", "echo_raw", "allocated_blocks"} {
 		d.Methods = append(d.Methods, MethodDesc{Name: name, WireRaw: testRaw[name]})
 	}
 	return d

@@ -140,3 +140,11 @@ def sys_path():
 @method
 def echo_raw(data):
     return data
+
+
+@method
+def allocated_blocks():
+    import gc
+
+    gc.collect()
+    return sys.getallocatedblocks()

@@ -1,0 +1,408 @@
+// Command bench measures fidius's call path on this machine, side by side
+// with what it competes against, and prints one table:
+//
+//   - the CPython floor: a C program (floor/floor.c, built here with
+//     pkg-config python-3.11-embed) calling the same Python functions,
+//     releasing and re-taking the GIL around every call;
+//   - this library: CallJSON, Call[string] and CallRaw, from 1, 2 and 8
+//     goroutines on one handle;
+//   - a subprocess worker: a python3 child answering JSON lines
+//     (worker.py), the usual hand-written alternative.
+//
+// Every harness is timed the same way: batches of at least 2 ms (so that
+// garbage collection falls inside them), best batch reported. It then
+// checks the targets of the project's benchmark issue and measures the
+// process's RSS growth over 1,000,000 typed and 100,000 raw 64 KiB calls.
+//
+//	go run ./bench
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fidius-go/fidius"
+)
+
+const module = "fidius_bench_plugin"
+
+var desc = &fidius.InterfaceDescriptor{
+	InterfaceName: "Bench",
+	InterfaceHash: 0xb0b0,
+	Methods: []fidius.MethodDesc{
+		{Name: "noop"},
+		{Name: "greet"},
+		{Name: "echo", WireRaw: true},
+		{Name: "allocated_blocks"},
+	},
+}
+
+const (
+	mNoop = iota
+	mGreet
+	mEcho
+	mBlocks
+)
+
+var seconds = flag.Float64("seconds", 1, "time spent measuring each row")
+var skipRSS = flag.Bool("skip-rss", false, "skip the memory growth check")
+
+func main() {
+	flag.Parse()
+	_, self, _, _ := runtime.Caller(0)
+	dir := filepath.Dir(self)
+	pluginDir := filepath.Join(dir, "plugin")
+	if err := run(dir, pluginDir); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type row struct {
+	call       string
+	goroutines int
+	ns, allocs float64
+	floorKey   string
+}
+
+func run(dir, pluginDir string) error {
+	floor, err := runFloor(dir, pluginDir)
+	if err != nil {
+		return err
+	}
+	sub, err := runSubprocess(dir, pluginDir)
+	if err != nil {
+		return err
+	}
+	h, err := fidius.LoadPythonPlugin(pluginDir, desc)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	ctx := context.Background()
+	small, big := make([]byte, 64), make([]byte, 1<<20)
+	greetIn := []byte(`["World"]`)
+	same := func(fn func() error) func() func() error { return func() func() error { return fn } }
+	// appendRaw gives each goroutine its own reused result buffer.
+	appendRaw := func(in []byte) func() func() error {
+		return func() func() error {
+			buf := make([]byte, 0, len(in))
+			return func() error { _, err := h.CallRawAppend(ctx, mEcho, buf[:0], in); return err }
+		}
+	}
+	calls := []struct {
+		name, floorKey string
+		mk             func() func() error
+	}{
+		{"noop · CallJSON", "noop", same(func() error { _, err := h.CallJSON(ctx, mNoop, nil); return err })},
+		{"greet · CallJSON", "greet", same(func() error { _, err := h.CallJSON(ctx, mGreet, greetIn); return err })},
+		{"greet · Call[string]", "greet", same(func() error { _, err := fidius.Call[string](ctx, h, mGreet, "World"); return err })},
+		{"echo 64 B · CallRaw", "echo64", same(func() error { _, err := h.CallRaw(ctx, mEcho, small); return err })},
+		{"echo 64 B · CallRawAppend", "echo64", appendRaw(small)},
+		{"echo 1 MiB · CallRaw", "echo1m", same(func() error { _, err := h.CallRaw(ctx, mEcho, big); return err })},
+		{"echo 1 MiB · CallRawAppend", "echo1m", appendRaw(big)},
+	}
+	var rows []row
+	for _, c := range calls {
+		for _, g := range []int{1, 2, 8} {
+			ns, err := measure(g, c.mk)
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			rows = append(rows, row{c.name, g, ns, allocsPerCall(c.mk()), c.floorKey})
+		}
+	}
+	printTable(rows, floor, sub)
+	checkTargets(rows, floor, sub)
+	if !*skipRSS {
+		return memoryGrowth(ctx, h)
+	}
+	return nil
+}
+
+// measure calls fn from g goroutines in batches of at least 2 ms and
+// returns the best batch's time per call. Each goroutine makes its call
+// function with mk and calls it once first, untimed.
+func measure(g int, mk func() func() error) (float64, error) {
+	var (
+		mu       sync.Mutex
+		firstErr error
+	)
+	fns := make([]func() error, g)
+	for w := range fns {
+		fns[w] = mk()
+	}
+	runBatch := func(n int) time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		for w := 0; w < g; w++ {
+			wg.Add(1)
+			fn := fns[w]
+			go func() {
+				defer wg.Done()
+				for i := 0; i < n; i++ {
+					if err := fn(); err != nil {
+						mu.Lock()
+						firstErr = err
+						mu.Unlock()
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+	runBatch(1)
+	best := math.Inf(1)
+	end := time.Now().Add(time.Duration(*seconds * float64(time.Second)))
+	for per := 1; ; {
+		took := runBatch(per)
+		if firstErr != nil {
+			return 0, firstErr
+		}
+		if took < 2*time.Millisecond {
+			per *= 2
+			continue
+		}
+		best = math.Min(best, float64(took.Nanoseconds())/float64(per*g))
+		if time.Now().After(end) {
+			return best, nil
+		}
+	}
+}
+
+func allocsPerCall(fn func() error) float64 {
+	const n = 2000
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := 0; i < n; i++ {
+		fn()
+	}
+	runtime.ReadMemStats(&after)
+	return float64(after.Mallocs-before.Mallocs) / n
+}
+
+// runFloor builds floor.c and returns its figures by row key.
+func runFloor(dir, pluginDir string) (map[string]float64, error) {
+	tmp, err := os.MkdirTemp("", "fidius-bench")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	flags, err := exec.Command("pkg-config", "--cflags", "--libs", "python-3.11-embed").Output()
+	if err != nil {
+		return nil, fmt.Errorf("pkg-config python-3.11-embed: %w", err)
+	}
+	bin := filepath.Join(tmp, "floor")
+	args := append([]string{"-O2", "-o", bin, filepath.Join(dir, "floor", "floor.c")}, strings.Fields(string(flags))...)
+	if out, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("building floor/floor.c: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, pluginDir, module, fmt.Sprint(*seconds)).Output()
+	if err != nil {
+		return nil, fmt.Errorf("running floor: %w", err)
+	}
+	res := map[string]float64{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 {
+			res[f[0]], _ = strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return res, nil
+}
+
+// runSubprocess times the JSON-lines worker for each row key.
+func runSubprocess(dir, pluginDir string) (map[string]float64, error) {
+	cmd := exec.Command("python3", filepath.Join(dir, "worker.py"), pluginDir, module)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting python3 worker: %w", err)
+	}
+	defer func() { stdin.Close(); cmd.Wait() }()
+	r := bufio.NewReaderSize(stdout, 4<<20)
+	w := bufio.NewWriter(stdin)
+	call := func(req any) error {
+		b, _ := json.Marshal(req)
+		w.Write(b)
+		w.WriteByte('\n')
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return err
+		}
+		var resp struct {
+			R json.RawMessage `json:"r"`
+			B string          `json:"b"`
+		}
+		if err := json.Unmarshal(line, &resp); err != nil {
+			return err
+		}
+		if resp.B != "" {
+			_, err = base64.StdEncoding.DecodeString(resp.B)
+		}
+		return err
+	}
+	small := base64.StdEncoding.EncodeToString(make([]byte, 64))
+	big := base64.StdEncoding.EncodeToString(make([]byte, 1<<20))
+	res := map[string]float64{}
+	for key, req := range map[string]any{
+		"noop":   map[string]any{"m": "noop"},
+		"greet":  map[string]any{"m": "greet", "a": []string{"World"}},
+		"echo64": map[string]any{"m": "echo", "b": small},
+		"echo1m": map[string]any{"m": "echo", "b": big},
+	} {
+		ns, err := measure(1, func() func() error { return func() error { return call(req) } })
+		if err != nil {
+			return nil, fmt.Errorf("subprocess %s: %w", key, err)
+		}
+		res[key] = ns
+	}
+	return res, nil
+}
+
+func pythonVersion() string {
+	out, err := exec.Command("pkg-config", "--modversion", "python-3.11-embed").Output()
+	if err != nil {
+		return "3.11"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func printTable(rows []row, floor, sub map[string]float64) {
+	fmt.Printf("fidius for Go, call cost on %s/%s, %d cores, %s, CPython %s (go run ./bench)\n\n",
+		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), pythonVersion())
+	fmt.Println("| call | goroutines | this library ns/call | Go allocs/call | CPython floor ns/call | ÷ floor | subprocess ns/call | subprocess ÷ this |")
+	fmt.Println("|---|--:|--:|--:|--:|--:|--:|--:|")
+	for _, r := range rows {
+		f, s := floor[r.floorKey], sub[r.floorKey]
+		fmt.Printf("| %s | %d | %s | %.1f | %s | %.2fx | %s | %.0fx |\n",
+			r.call, r.goroutines, ns(r.ns), r.allocs, ns(f), r.ns/f, ns(s), s/r.ns)
+	}
+	fmt.Println()
+}
+
+func ns(v float64) string {
+	if v >= 10000 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+func checkTargets(rows []row, floor, sub map[string]float64) {
+	find := func(call string, g int) row {
+		for _, r := range rows {
+			if r.call == call && r.goroutines == g {
+				return r
+			}
+		}
+		panic("no row " + call)
+	}
+	check := func(what string, got, limit float64, unit string) {
+		verdict := "met"
+		if got > limit {
+			verdict = "MISSED"
+		}
+		fmt.Printf("- %s: %.2f%s (target at most %.4g%s) %s\n", what, got, unit, limit, unit, verdict)
+	}
+	fmt.Println("Targets:")
+	ratio := func(call string, g int) float64 { r := find(call, g); return r.ns / floor[r.floorKey] }
+	check("noop CallJSON, 1 goroutine ÷ floor", ratio("noop · CallJSON", 1), 3, "x")
+	check("noop CallJSON, 8 goroutines ÷ floor", ratio("noop · CallJSON", 8), 6, "x")
+	check("raw echo 64 B ÷ floor", ratio("echo 64 B · CallRaw", 1), 3, "x")
+	check("raw echo 1 MiB, CallRaw ÷ floor", ratio("echo 1 MiB · CallRaw", 1), 1.5, "x")
+	check("raw echo 1 MiB, CallRawAppend ÷ floor", ratio("echo 1 MiB · CallRawAppend", 1), 1.5, "x")
+	check("greet CallJSON ÷ floor greet", ratio("greet · CallJSON", 1), 12, "x")
+	check("raw echo 64 B Go allocations per call", find("echo 64 B · CallRaw", 1).allocs, 2, "")
+	worst := 1e18
+	worstRow := ""
+	for _, r := range rows {
+		if s := sub[r.floorKey] / r.ns; s < worst {
+			worst, worstRow = s, fmt.Sprintf("%s, %d goroutines", r.call, r.goroutines)
+		}
+	}
+	verdict := "met"
+	if worst < 25 {
+		verdict = "MISSED"
+	}
+	fmt.Printf("- every row faster than the subprocess worker: least %.0fx (%s) (target at least 25x) %s\n", worst, worstRow, verdict)
+}
+
+func rss() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize())
+}
+
+func settledRSS() int64 {
+	runtime.GC()
+	debug.FreeOSMemory()
+	return rss()
+}
+
+func memoryGrowth(ctx context.Context, h *fidius.PluginHandle) error {
+	raw := make([]byte, 64<<10)
+	greetIn := []byte(`["World"]`)
+	blocks := func() int64 { n, _ := fidius.Call[int64](ctx, h, mBlocks); return n }
+	typed := func(n int) error {
+		for i := 0; i < n; i++ {
+			if _, err := h.CallJSON(ctx, mGreet, greetIn); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	rawCalls := func(n int) error {
+		for i := 0; i < n; i++ {
+			if _, err := h.CallRaw(ctx, mEcho, raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := typed(20000); err != nil {
+		return err
+	}
+	if err := rawCalls(2000); err != nil {
+		return err
+	}
+	before, blocksBefore := settledRSS(), blocks()
+	if err := typed(1000000); err != nil {
+		return err
+	}
+	if err := rawCalls(100000); err != nil {
+		return err
+	}
+	after, blocksAfter := settledRSS(), blocks()
+	growth := float64(after-before) / (1 << 20)
+	verdict := "met"
+	if growth > 8 {
+		verdict = "MISSED"
+	}
+	fmt.Printf("- RSS growth over 1,000,000 typed and 100,000 raw 64 KiB calls after warm-up: %.2f MiB (target at most 8 MiB) %s\n", growth, verdict)
+	fmt.Printf("  (Python allocated blocks: %d before, %d after)\n", blocksBefore, blocksAfter)
+	return nil
+}

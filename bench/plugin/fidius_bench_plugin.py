@@ -1,0 +1,23 @@
+"""The functions every row of the benchmark calls, in each harness alike."""
+
+import gc
+import sys
+
+__interface_hash__ = 0xB0B0
+
+
+def noop():
+    return None
+
+
+def greet(name):
+    return f"Hello, {name}!"
+
+
+def echo(data):
+    return data
+
+
+def allocated_blocks():
+    gc.collect()
+    return sys.getallocatedblocks()

@@ -1,0 +1,71 @@
+package fidius
+
+import (
+	"errors"
+	"testing"
+)
+
+// TestNoPythonLeakPerCall checks that calls of every outcome give back
+// every Python object they make: the interpreter's count of allocated
+// memory blocks does not grow with the number of calls.
+func TestNoPythonLeakPerCall(t *testing.T) {
+	h := greeter(t)
+	greet, reverse, fail, keyErr := idx(t, h, "greet"), idx(t, h, "reverse"), idx(t, h, "fail"), idx(t, h, "key_error")
+	value, echo, blocks := idx(t, h, "value"), idx(t, h, "echo"), idx(t, h, "allocated_blocks")
+	big := make([]byte, 100<<10) // takes the pending-result path
+	mixed := func(n int) {
+		for i := 0; i < n; i++ {
+			var err error
+			switch i % 8 {
+			case 0:
+				_, err = Call[string](ctx, h, greet, "leak")
+			case 1:
+				_, err = h.CallRaw(ctx, reverse, []byte("abcdef"))
+			case 2:
+				_, err = h.CallRaw(ctx, reverse, big)
+			case 3:
+				_, err = h.CallJSON(ctx, fail, nil)
+				var perr *PluginError
+				if errors.As(err, &perr) {
+					err = nil
+				}
+			case 4:
+				_, err = h.CallJSON(ctx, keyErr, nil)
+				var perr *PluginError
+				if errors.As(err, &perr) {
+					err = nil
+				}
+			case 5:
+				_, err = h.CallJSON(ctx, value, []byte(`"nan"`))
+				if errors.Is(err, ErrOutputEncode) {
+					err = nil
+				}
+			case 6:
+				_, err = h.CallJSON(ctx, echo, []byte(`[1, {"a": [2, 3.5, "x"]}, 123456789012345678901234567890, [1,`))
+				if errors.Is(err, ErrInputDecode) {
+					err = nil
+				}
+			case 7:
+				_, err = h.CallJSON(ctx, value, []byte(`"nested_dataclass"`))
+			}
+			if err != nil {
+				t.Fatalf("call %d: %v", i, err)
+			}
+		}
+	}
+	count := func() int {
+		n, err := Call[int](ctx, h, blocks)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	mixed(2000)
+	before := count()
+	mixed(20000)
+	after := count()
+	// One leaked object per call would add thousands of blocks.
+	if after-before > 50 {
+		t.Fatalf("allocated blocks grew from %d to %d over 20,000 calls", before, after)
+	}
+}
