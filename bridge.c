@@ -18,6 +18,7 @@
 static PyInterpreterState *interp;
 static pthread_key_t ts_key;
 static PyObject *describe_fn;   // bootstrap describe(exc, structured) -> (bytes, bytes, details)
+static PyObject *cancel_type;   // bootstrap CallCancelled, raised into interrupted calls
 PyObject *fidius_fields_fn;     // bootstrap field_names(obj) -> tuple of str, used by json.c
 
 static __thread PyThreadState *tls_ts;
@@ -145,10 +146,24 @@ void fidius_table_set(fidius_table *t, Py_ssize_t i, PyObject *fn) {
 	Py_XSETREF(t->fns[i], fn);
 }
 
-void fidius_table_clear(fidius_table *t) {
+void fidius_table_free(fidius_table *t) {
+	if (t == NULL)
+		return;
 	for (Py_ssize_t i = 0; i < t->n; i++)
 		Py_CLEAR(t->fns[i]);
 	Py_CLEAR(t->owner);
+	free(t);
+}
+
+void fidius_slot_swap(fidius_slot *s, fidius_table *t) {
+	fidius_table *old = s->tab;
+	s->tab = t;
+	fidius_table_free(old);
+}
+
+void fidius_set_cancel_type(PyObject *type) {
+	Py_XINCREF(type);
+	cancel_type = type;
 }
 
 static void put_bytes_obj(fidius_buf *b, PyObject *o, size_t *n) {
@@ -241,23 +256,80 @@ static void message_error(fidius_result *r, int status, const char *msg) {
 	r->len = b->len;
 }
 
-// call_json decodes the JSON input as the call's arguments: an array is the
-// positional arguments, null or nothing means none, anything else is the
-// single argument.
-static PyObject *call_json(PyObject *fn, const char *in, size_t n, fidius_result *r) {
-	if (n == 0)
-		return PyObject_CallNoArgs(fn);
+PyObject *fidius_decode_value(const char *in, size_t n, fidius_result *r) {
 	char err[256];
-	PyObject *arg = fidius_json_decode(in, n, err, sizeof err);
-	if (arg == NULL) {
+	PyObject *o = fidius_json_decode(in, n, err, sizeof err);
+	if (o == NULL) {
 		fidius_buf *b = &tls_buf;
 		b->len = 0;
 		fidius_buf_put(b, err, strlen(err));
 		r->status = FIDIUS_INPUT;
 		r->data = b->p;
 		r->len = b->len;
+	}
+	return o;
+}
+
+// enter takes the GIL and returns a new reference to method i of the
+// slot's current table, or NULL with FIDIUS_CLOSED. The caller must end
+// with leave, whatever happens.
+static PyObject *enter(fidius_slot *s, Py_ssize_t i, fidius_ctl *ctl, fidius_result *r) {
+	fidius_gil_acquire();
+	tls_buf.len = 0;
+	if (ctl != NULL) {
+		ctl->ts = tls_ts;
+		ctl->active = 1;
+	}
+	if (s->tab == NULL) {
+		r->status = FIDIUS_CLOSED;
 		return NULL;
 	}
+	PyObject *fn = s->tab->fns[i];
+	Py_INCREF(fn);
+	return fn;
+}
+
+// leave ends a call: once ctl is inactive no interrupt can be raised, and
+// one raised too late to be delivered is withdrawn, so it cannot land in
+// the next call on this thread. A call that was interrupted reports so,
+// whatever else it did.
+static void leave(fidius_ctl *ctl, fidius_result *r) {
+	if (ctl != NULL) {
+		ctl->active = 0;
+		if (ctl->cancelled) {
+			PyThreadState_SetAsyncExc((unsigned long)ctl->ts->thread_id, NULL);
+			if (r->pending) {
+				Py_CLEAR(tls_pending);
+				r->pending = 0;
+			}
+			Py_CLEAR(r->obj);
+			r->status = FIDIUS_CANCELLED;
+		}
+	}
+	fidius_gil_release();
+}
+
+int fidius_interrupt(fidius_ctl *ctl) {
+	fidius_gil_acquire();
+	int running = ctl->active;
+	if (running) {
+		ctl->cancelled = 1;
+		PyThreadState_SetAsyncExc((unsigned long)ctl->ts->thread_id, cancel_type);
+	}
+	fidius_gil_release();
+	return running;
+}
+
+// call_json calls fn with the JSON input as its arguments: an array is the
+// positional arguments, null or nothing means none, anything else is the
+// single argument. NULL with r->status set on bad input, NULL with a Python
+// error set if the call raised.
+static PyObject *call_json(PyObject *fn, const char *in, size_t n, fidius_result *r) {
+	if (n == 0)
+		return PyObject_CallNoArgs(fn);
+	PyObject *arg = fidius_decode_value(in, n, r);
+	if (arg == NULL)
+		return NULL;
 	PyObject *res;
 	if (PyList_CheckExact(arg)) {
 		// The list is ours and the callee never sees it, so its item
@@ -272,101 +344,101 @@ static PyObject *call_json(PyObject *fn, const char *in, size_t n, fidius_result
 	return res;
 }
 
-fidius_result fidius_call_json(fidius_table *t, Py_ssize_t i, const char *in, size_t n) {
-	fidius_result r = {0};
-	fidius_gil_acquire();
-	PyObject *fn = t->fns[i];
-	if (fn == NULL) {
-		r.status = FIDIUS_CLOSED;
-		goto out;
-	}
-	Py_INCREF(fn);
-	PyObject *res = call_json(fn, in, n, &r);
-	Py_DECREF(fn);
-	if (r.status != FIDIUS_OK)
-		goto out;
-	if (res == NULL) {
-		describe_error(&r, 1);
-		goto out;
-	}
+// encode_result writes a typed result as JSON into the thread buffer.
+static void encode_result(PyObject *res, fidius_result *r) {
 	fidius_buf *b = &tls_buf;
 	b->len = 0;
-	if (fidius_json_encode(res) < 0)
-		message_error(&r, FIDIUS_OUTPUT, "return value cannot be encoded as JSON");
-	else {
-		r.data = b->p;
-		r.len = b->len;
+	if (fidius_json_encode(res) < 0) {
+		message_error(r, FIDIUS_OUTPUT, "return value cannot be encoded as JSON");
+		return;
 	}
-	Py_DECREF(res);
-out:
-	fidius_gil_release();
+	r->data = b->p;
+	r->len = b->len;
+}
+
+fidius_result fidius_call_json(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl) {
+	fidius_result r = {0};
+	PyObject *fn = enter(s, i, ctl, &r);
+	if (fn != NULL) {
+		PyObject *res = call_json(fn, in, n, &r);
+		Py_DECREF(fn);
+		if (res != NULL) {
+			encode_result(res, &r);
+			Py_DECREF(res);
+		} else if (r.status == FIDIUS_OK) {
+			describe_error(&r, 1);
+		}
+	}
+	leave(ctl, &r);
 	return r;
 }
 
-fidius_result fidius_call_raw(fidius_table *t, Py_ssize_t i, const char *in, size_t n) {
-	fidius_result r = {0};
-	fidius_gil_acquire();
+// raw_result hands a raw result to Go: small ones in the thread buffer,
+// large bytes in place (pending), other buffers copied under the GIL.
+static void raw_result(PyObject *res, fidius_result *r) {
 	fidius_buf *b = &tls_buf;
 	b->len = 0;
-	PyObject *fn = t->fns[i];
-	if (fn == NULL) {
-		r.status = FIDIUS_CLOSED;
-		goto out;
-	}
-	PyObject *arg = PyBytes_FromStringAndSize(in, (Py_ssize_t)n);
-	if (arg == NULL) {
-		message_error(&r, FIDIUS_INPUT, "input cannot be passed as bytes");
-		goto out;
-	}
-	Py_INCREF(fn);
-	PyObject *res = PyObject_CallOneArg(fn, arg);
-	Py_DECREF(fn);
-	Py_DECREF(arg);
-	if (res == NULL) {
-		describe_error(&r, 1);
-		goto out;
-	}
 	if (PyBytes_Check(res)) {
 		Py_ssize_t size = PyBytes_GET_SIZE(res);
 		if (size > FIDIUS_SMALL_RESULT) {
 			// Immutable: Go may copy it after the GIL is released.
+			Py_INCREF(res);
 			tls_pending = res;
-			r.pending = 1;
-			r.data = PyBytes_AS_STRING(res);
-			r.len = (size_t)size;
-			goto out;
+			r->pending = 1;
+			r->data = PyBytes_AS_STRING(res);
+			r->len = (size_t)size;
+			return;
 		}
-		if (fidius_buf_put(b, PyBytes_AS_STRING(res), (size_t)size) < 0)
-			message_error(&r, FIDIUS_OUTPUT, "raw result cannot be copied");
-		else {
-			r.data = b->p;
-			r.len = b->len;
+		if (fidius_buf_put(b, PyBytes_AS_STRING(res), (size_t)size) < 0) {
+			message_error(r, FIDIUS_OUTPUT, "raw result cannot be copied");
+			return;
 		}
 	} else if (PyByteArray_Check(res) || PyMemoryView_Check(res)) {
 		// Mutable or borrowed memory: copy it while the GIL is held.
 		Py_buffer view;
 		if (PyObject_GetBuffer(res, &view, PyBUF_FULL_RO) < 0) {
-			message_error(&r, FIDIUS_OUTPUT, "raw result buffer cannot be read");
-		} else {
-			if (fidius_buf_grow(b, (size_t)view.len) < 0 ||
-			    PyBuffer_ToContiguous(b->p, &view, view.len, 'C') < 0) {
-				message_error(&r, FIDIUS_OUTPUT, "raw result cannot be copied");
-			} else {
-				b->len = (size_t)view.len;
-				r.data = b->p;
-				r.len = b->len;
-			}
-			PyBuffer_Release(&view);
+			message_error(r, FIDIUS_OUTPUT, "raw result buffer cannot be read");
+			return;
+		}
+		int rc = fidius_buf_grow(b, (size_t)view.len) < 0 ? -1 : PyBuffer_ToContiguous(b->p, &view, view.len, 'C');
+		if (rc == 0)
+			b->len = (size_t)view.len;
+		PyBuffer_Release(&view);
+		if (rc < 0) {
+			message_error(r, FIDIUS_OUTPUT, "raw result cannot be copied");
+			return;
 		}
 	} else {
 		char msg[200];
 		snprintf(msg, sizeof msg, "raw method must return bytes, bytearray or memoryview, not %.100s",
 		         Py_TYPE(res)->tp_name);
-		message_error(&r, FIDIUS_OUTPUT, msg);
+		message_error(r, FIDIUS_OUTPUT, msg);
+		return;
 	}
-	Py_DECREF(res);
-out:
-	fidius_gil_release();
+	r->data = b->p;
+	r->len = b->len;
+}
+
+fidius_result fidius_call_raw(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl) {
+	fidius_result r = {0};
+	PyObject *fn = enter(s, i, ctl, &r);
+	if (fn != NULL) {
+		PyObject *arg = PyBytes_FromStringAndSize(in, (Py_ssize_t)n);
+		PyObject *res = NULL;
+		if (arg == NULL)
+			message_error(&r, FIDIUS_INPUT, "input cannot be passed as bytes");
+		else
+			res = PyObject_CallOneArg(fn, arg);
+		Py_XDECREF(arg);
+		Py_DECREF(fn);
+		if (res != NULL) {
+			raw_result(res, &r);
+			Py_DECREF(res);
+		} else if (r.status == FIDIUS_OK) {
+			describe_error(&r, 1);
+		}
+	}
+	leave(ctl, &r);
 	return r;
 }
 
@@ -375,5 +447,65 @@ void fidius_release_pending(void) {
 		return;
 	fidius_gil_acquire();
 	Py_CLEAR(tls_pending);
+	fidius_gil_release();
+}
+
+fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl) {
+	fidius_result r = {0};
+	PyObject *fn = enter(s, i, ctl, &r);
+	if (fn != NULL) {
+		PyObject *res = call_json(fn, in, n, &r);
+		Py_DECREF(fn);
+		if (res != NULL) {
+			r.obj = PyObject_GetIter(res);
+			if (r.obj == NULL) {
+				char msg[200];
+				snprintf(msg, sizeof msg, "streaming method must return an iterable, not %.100s",
+				         Py_TYPE(res)->tp_name);
+				PyErr_Clear();
+				message_error(&r, FIDIUS_OUTPUT, msg);
+			}
+			Py_DECREF(res);
+		} else if (r.status == FIDIUS_OK) {
+			describe_error(&r, 1);
+		}
+	}
+	leave(ctl, &r);
+	return r;
+}
+
+fidius_result fidius_stream_next(PyObject *it, fidius_ctl *ctl) {
+	fidius_result r = {0};
+	fidius_gil_acquire();
+	tls_buf.len = 0;
+	if (ctl != NULL) {
+		ctl->ts = tls_ts;
+		ctl->active = 1;
+	}
+	PyObject *item = PyIter_Next(it);
+	if (item != NULL) {
+		encode_result(item, &r);
+		Py_DECREF(item);
+	} else if (PyErr_Occurred()) {
+		describe_error(&r, 1);
+	} else {
+		r.status = FIDIUS_END;
+	}
+	leave(ctl, &r);
+	return r;
+}
+
+void fidius_stream_close(PyObject *it) {
+	fidius_gil_acquire();
+	PyObject *close = PyObject_GetAttrString(it, "close");
+	if (close != NULL) {
+		// Runs the generator's finally blocks. What they raise has no
+		// caller left to receive it.
+		PyObject *res = PyObject_CallNoArgs(close);
+		Py_XDECREF(res);
+		Py_DECREF(close);
+	}
+	PyErr_Clear();
+	Py_DECREF(it);
 	fidius_gil_release();
 }

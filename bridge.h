@@ -18,6 +18,8 @@ enum {
 	FIDIUS_INPUT = 2,       // input could not be decoded; buffer holds the message
 	FIDIUS_PLUGIN = 3,      // plugin raised; buffer holds code, message, details
 	FIDIUS_OUTPUT = 4,      // return value could not be encoded; buffer holds the message
+	FIDIUS_CANCELLED = 5,   // the call was interrupted through its fidius_ctl
+	FIDIUS_END = 6,         // a stream has no more items
 };
 
 // fidius_result is returned by value so that Go passes no pointer to C.
@@ -32,16 +34,32 @@ typedef struct {
 	size_t len;
 	size_t len1;
 	size_t len2;
+	PyObject *obj;   // fidius_stream_start: the iterator, a new reference
 } fidius_result;
 
-// fidius_table holds one handle's Python references. Entries are read and
-// cleared only under the GIL; the struct itself is freed by Go once the
-// handle is unreachable.
+// fidius_table holds one generation of a handle's Python references.
 typedef struct {
 	Py_ssize_t n;
 	PyObject *owner;   // the module (or configured instance) the methods came from
 	PyObject *fns[];
 } fidius_table;
+
+// fidius_slot is what a handle calls through. tab is read and replaced only
+// under the GIL, so Reload and Close can swap it while calls run: a call
+// holds its own reference to the function it runs. NULL means closed. The
+// slot itself is freed by Go once the handle is unreachable.
+typedef struct {
+	fidius_table *tab;
+} fidius_slot;
+
+// fidius_ctl lets another goroutine interrupt a running call. It lives in
+// Go memory for the length of the call; C reads and writes it only under
+// the GIL and keeps no pointer to it afterwards.
+typedef struct {
+	PyThreadState *ts;   // the thread state running the call
+	int active;          // Python code of the call may be running
+	int cancelled;       // an interrupt was delivered
+} fidius_ctl;
 
 // Interpreter lifetime and the GIL.
 int fidius_start(void);          // Py_InitializeEx(0) once; returns with the GIL held
@@ -53,15 +71,28 @@ void fidius_set_helpers(PyObject *describe, PyObject *fields);
 PyObject *fidius_exec_bootstrap(const char *src, const char *filename);
 
 // Dispatch: one crossing each; they take and release the GIL themselves.
-fidius_result fidius_call_json(fidius_table *t, Py_ssize_t i, const char *in, size_t n);
-fidius_result fidius_call_raw(fidius_table *t, Py_ssize_t i, const char *in, size_t n);
+// ctl may be NULL for a call that cannot be cancelled.
+fidius_result fidius_call_json(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl);
+fidius_result fidius_call_raw(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl);
 void fidius_release_pending(void);   // takes the GIL
 void fidius_trim_buffer(void);       // no GIL needed
 
-// Tables (GIL held by the caller).
+// Streams: start calls the method and takes an iterator of its result;
+// next encodes one item (FIDIUS_END after the last); close calls the
+// iterator's close() if it has one and releases it.
+fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl);
+fidius_result fidius_stream_next(PyObject *it, fidius_ctl *ctl);
+void fidius_stream_close(PyObject *it);
+
+// Interrupts the call ctl belongs to; returns 0 once it has ended.
+int fidius_interrupt(fidius_ctl *ctl);
+void fidius_set_cancel_type(PyObject *type);
+
+// Tables and slots (GIL held by the caller).
 fidius_table *fidius_table_new(Py_ssize_t n, PyObject *owner);
 void fidius_table_set(fidius_table *t, Py_ssize_t i, PyObject *fn);
-void fidius_table_clear(fidius_table *t);
+void fidius_table_free(fidius_table *t);
+void fidius_slot_swap(fidius_slot *s, fidius_table *t);   // frees the old table; t may be NULL
 
 // Errors outside dispatch (GIL held): describes the pending exception into
 // the thread's buffer, as for FIDIUS_PLUGIN. structured=0 ignores
@@ -70,6 +101,9 @@ fidius_result fidius_take_error(int structured);
 
 // JSON codec (GIL held). Exposed for tests and the loader.
 PyObject *fidius_json_decode(const char *in, size_t n, char *err, size_t errlen);
+// fidius_decode_value decodes JSON into a new reference; NULL with
+// FIDIUS_INPUT in *r (message in the thread buffer) on bad input.
+PyObject *fidius_decode_value(const char *in, size_t n, fidius_result *r);
 int fidius_json_encode(PyObject *o);   // appends to the thread buffer; -1 with a Python error set
 
 // The per-thread output buffer (internal to the C files).

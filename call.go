@@ -46,7 +46,7 @@ func Call[Out any](ctx context.Context, h *PluginHandle, i int, args ...any) (Ou
 			return out, nil
 		}
 	}
-	return decodeResult[Out](res, h.desc.Methods[i].Name)
+	return decodeResult[Out](res, h.plugin.desc.Methods[i].Name)
 }
 
 // appendArgs appends args to buf as a JSON array.

@@ -92,6 +92,9 @@ func (e *HashMismatchError) Unwrap() error { return ErrInterfaceHashMismatch }
 type ImportError struct {
 	// Module is the entry module being imported.
 	Module string
+	// Func is the module function that raised, such as
+	// "__fidius_configure__"; empty when the import itself failed.
+	Func string
 	// Type is the exception class name, such as "ModuleNotFoundError".
 	Type string
 	// Message is str(exception).
@@ -103,6 +106,9 @@ type ImportError struct {
 // Error names the module and the exception, followed by the traceback.
 func (e *ImportError) Error() string {
 	s := fmt.Sprintf("%s: module %q: %s: %s", ErrImportFailed, e.Module, e.Type, e.Message)
+	if e.Func != "" {
+		s = fmt.Sprintf("%s: module %q: %s raised %s: %s", ErrImportFailed, e.Module, e.Func, e.Type, e.Message)
+	}
 	if e.Traceback != "" {
 		s += "\n" + e.Traceback
 	}

@@ -1,6 +1,6 @@
 // This file owns calling a loaded plugin: index and wire-mode checks in Go,
 // then one cgo crossing that does the whole call under the GIL (SPEC
-// section 3), and Close.
+// section 3); interrupting a call whose context ends; and Close.
 
 package fidius
 
@@ -14,10 +14,10 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
-
-	cpy "go.nhat.io/cpy/v3"
 )
 
 // keepBuffer is the size above which the thread's C output buffer is freed
@@ -27,36 +27,36 @@ const keepBuffer = 1 << 20
 // PluginHandle is a loaded Python plugin. Its methods are safe for use by
 // any number of goroutines at once; calls into Python take turns on the GIL.
 type PluginHandle struct {
-	desc   *InterfaceDescriptor
-	tab    *C.fidius_table // C memory, so no Go pointer is stored by C
-	closed atomic.Bool
+	plugin   *plugin
+	slot     *C.fidius_slot // C memory: calls go through it, Reload and Close swap it
+	closed   atomic.Bool
+	reloadMu sync.Mutex
 }
 
-// newHandle takes its own references to owner and fns. GIL held.
-func newHandle(desc *InterfaceDescriptor, owner *cpy.PyObject, fns []*cpy.PyObject) *PluginHandle {
-	tab := C.fidius_table_new(C.Py_ssize_t(len(fns)), toC(owner))
-	if tab == nil {
-		panic("fidius: out of memory allocating a method table")
+// newHandle gives tab a slot of its own. The slot's memory is freed, and
+// its Python references released, once the handle is unreachable, so a
+// handle dropped without Close loses nothing.
+func newHandle(p *plugin, tab *C.fidius_table) *PluginHandle {
+	slot := (*C.fidius_slot)(C.calloc(1, C.size_t(unsafe.Sizeof(C.fidius_slot{}))))
+	if slot == nil {
+		panic("fidius: out of memory allocating a handle")
 	}
-	for i, fn := range fns {
-		C.fidius_table_set(tab, C.Py_ssize_t(i), toC(fn))
-	}
-	h := &PluginHandle{desc: desc, tab: tab}
-	// A handle dropped without Close still gives its references back.
-	runtime.AddCleanup(h, func(t *C.fidius_table) {
+	slot.tab = tab
+	h := &PluginHandle{plugin: p, slot: slot}
+	runtime.AddCleanup(h, func(s *C.fidius_slot) {
 		go func() {
-			withGIL(func() { C.fidius_table_clear(t) })
-			C.free(unsafe.Pointer(t))
+			withGIL(func() { C.fidius_slot_swap(s, nil) })
+			C.free(unsafe.Pointer(s))
 		}()
-	}, tab)
+	}, slot)
 	return h
 }
 
 // Descriptor returns the descriptor the handle was loaded with.
-func (h *PluginHandle) Descriptor() *InterfaceDescriptor { return h.desc }
+func (h *PluginHandle) Descriptor() *InterfaceDescriptor { return h.plugin.desc }
 
 // MethodCount returns the number of methods, the bound on method indexes.
-func (h *PluginHandle) MethodCount() int { return len(h.desc.Methods) }
+func (h *PluginHandle) MethodCount() int { return len(h.plugin.desc.Methods) }
 
 // Close releases the handle's Python references. Calls running at the time
 // finish normally; later calls return ErrClosed. Close is idempotent and
@@ -65,30 +65,43 @@ func (h *PluginHandle) Close() error {
 	if h.closed.Swap(true) {
 		return nil
 	}
-	withGIL(func() { C.fidius_table_clear(h.tab) })
+	withGIL(func() { C.fidius_slot_swap(h.slot, nil) })
 	return nil
 }
 
 func (h *PluginHandle) errClosed() error {
-	return fmt.Errorf("%w: interface %q", ErrClosed, h.desc.InterfaceName)
+	return fmt.Errorf("%w: interface %q", ErrClosed, h.plugin.desc.InterfaceName)
 }
 
-// method checks the index and the wire mode of a call.
-func (h *PluginHandle) method(ctx context.Context, i int, raw bool) (*MethodDesc, error) {
-	if i < 0 || i >= len(h.desc.Methods) {
-		return nil, fmt.Errorf("%w: %d: interface %q has %d methods", ErrInvalidMethodIndex, i, h.desc.InterfaceName, len(h.desc.Methods))
+type callKind int
+
+const (
+	typedCall callKind = iota
+	rawCall
+	streamCall
+)
+
+// method checks the index and the wire mode of a call, and that it may
+// still start.
+func (h *PluginHandle) method(ctx context.Context, i int, kind callKind) (*MethodDesc, error) {
+	d := h.plugin.desc
+	if i < 0 || i >= len(d.Methods) {
+		return nil, fmt.Errorf("%w: %d: interface %q has %d methods", ErrInvalidMethodIndex, i, d.InterfaceName, len(d.Methods))
 	}
-	m := &h.desc.Methods[i]
+	m := &d.Methods[i]
+	var use string
 	switch {
-	case m.Streaming:
-		return nil, fmt.Errorf("%w: method %q of interface %q streams its results; it cannot be called as a unary method",
-			ErrWireModeMismatch, m.Name, h.desc.InterfaceName)
-	case m.WireRaw && !raw:
-		return nil, fmt.Errorf("%w: method %q of interface %q is raw-wire; call it with CallRaw",
-			ErrWireModeMismatch, m.Name, h.desc.InterfaceName)
-	case !m.WireRaw && raw:
-		return nil, fmt.Errorf("%w: method %q of interface %q is typed; call it with CallJSON",
-			ErrWireModeMismatch, m.Name, h.desc.InterfaceName)
+	case m.Streaming && kind != streamCall:
+		use = "streams its results; call it with CallStream"
+	case !m.Streaming && kind == streamCall:
+		use = "does not stream; call it with CallJSON or CallRaw"
+	case kind == rawCall && !m.WireRaw:
+		use = "is typed; call it with CallJSON"
+	case kind == typedCall && m.WireRaw:
+		use = "is raw-wire; call it with CallRaw"
+	}
+	if use != "" {
+		return nil, fmt.Errorf("%w: method %q of interface %q %s", ErrWireModeMismatch, m.Name, d.InterfaceName, use)
 	}
 	if h.closed.Load() {
 		return nil, h.errClosed()
@@ -99,21 +112,47 @@ func (h *PluginHandle) method(ctx context.Context, i int, raw bool) (*MethodDesc
 	return m, nil
 }
 
+// interruptible returns the control block for a call under ctx and the
+// function that stops watching ctx, or nil and nil when ctx can never end.
+//
+// When ctx ends while Python runs the call, an exception is raised in the
+// thread running it, and raised again while the call goes on (a plugin may
+// catch it): Python code stops at its next bytecode boundary. A call
+// blocked inside C code (time.sleep, a socket read) stops when it returns
+// to Python.
+func interruptible(ctx context.Context) (*C.fidius_ctl, func() bool) {
+	if ctx.Done() == nil {
+		return nil, nil
+	}
+	ctl := new(C.fidius_ctl)
+	return ctl, context.AfterFunc(ctx, func() {
+		for delay := time.Millisecond; C.fidius_interrupt(ctl) != 0; delay = min(2*delay, 50*time.Millisecond) {
+			time.Sleep(delay)
+		}
+	})
+}
+
 // CallJSON calls typed method i with JSON input and returns its result as
 // JSON. A JSON array is the positional arguments; null or empty input calls
 // with none; any other value is the single argument. Values convert as the
 // package documentation describes.
 //
-// An already-cancelled ctx returns its error without running anything.
+// An already-cancelled ctx returns its error without running anything; a
+// ctx that ends while the plugin runs interrupts it, and the error matches
+// ctx.Err() with errors.Is.
 func (h *PluginHandle) CallJSON(ctx context.Context, i int, input []byte) ([]byte, error) {
-	m, err := h.method(ctx, i, false)
+	m, err := h.method(ctx, i, typedCall)
 	if err != nil {
 		return nil, err
 	}
+	ctl, stop := interruptible(ctx)
 	runtime.LockOSThread()
-	r := C.fidius_call_json(h.tab, C.Py_ssize_t(i), bytesPtr(input), C.size_t(len(input)))
-	out, err := h.result(m, r, nil)
+	r := C.fidius_call_json(h.slot, C.Py_ssize_t(i), bytesPtr(input), C.size_t(len(input)), ctl)
+	out, err := h.result(ctx, m, r, nil)
 	runtime.UnlockOSThread()
+	if stop != nil {
+		stop()
+	}
 	runtime.KeepAlive(h)
 	runtime.KeepAlive(input)
 	return out, err
@@ -121,8 +160,7 @@ func (h *PluginHandle) CallJSON(ctx context.Context, i int, input []byte) ([]byt
 
 // CallRaw calls raw-wire method i: input is passed as one Python bytes
 // argument, and the method must return bytes, bytearray or memoryview.
-//
-// An already-cancelled ctx returns its error without running anything.
+// Cancellation works as for CallJSON.
 func (h *PluginHandle) CallRaw(ctx context.Context, i int, input []byte) ([]byte, error) {
 	return h.CallRawAppend(ctx, i, nil, input)
 }
@@ -133,14 +171,18 @@ func (h *PluginHandle) CallRaw(ctx context.Context, i int, input []byte) ([]byte
 // slice per call makes the garbage collector run in proportion to the
 // bytes returned.
 func (h *PluginHandle) CallRawAppend(ctx context.Context, i int, dst, input []byte) ([]byte, error) {
-	m, err := h.method(ctx, i, true)
+	m, err := h.method(ctx, i, rawCall)
 	if err != nil {
 		return dst, err
 	}
+	ctl, stop := interruptible(ctx)
 	runtime.LockOSThread()
-	r := C.fidius_call_raw(h.tab, C.Py_ssize_t(i), bytesPtr(input), C.size_t(len(input)))
-	out, err := h.result(m, r, dst)
+	r := C.fidius_call_raw(h.slot, C.Py_ssize_t(i), bytesPtr(input), C.size_t(len(input)), ctl)
+	out, err := h.result(ctx, m, r, dst)
 	runtime.UnlockOSThread()
+	if stop != nil {
+		stop()
+	}
 	runtime.KeepAlive(h)
 	runtime.KeepAlive(input)
 	return out, err
@@ -156,7 +198,7 @@ func bytesPtr(b []byte) *C.char {
 // result turns a dispatch result into Go values, appending a successful
 // result to dst. It runs on the thread that made the call, whose buffer
 // holds the data.
-func (h *PluginHandle) result(m *MethodDesc, r C.fidius_result, dst []byte) ([]byte, error) {
+func (h *PluginHandle) result(ctx context.Context, m *MethodDesc, r C.fidius_result, dst []byte) ([]byte, error) {
 	switch r.status {
 	case C.FIDIUS_OK:
 		if dst == nil {
@@ -172,6 +214,8 @@ func (h *PluginHandle) result(m *MethodDesc, r C.fidius_result, dst []byte) ([]b
 		return out, nil
 	case C.FIDIUS_CLOSED:
 		return dst, h.errClosed()
+	case C.FIDIUS_CANCELLED:
+		return dst, fmt.Errorf("method %q of interface %q interrupted: %w", m.Name, h.plugin.desc.InterfaceName, ctx.Err())
 	case C.FIDIUS_PLUGIN:
 		e := readException(r)
 		return dst, &PluginError{Code: e.code, Message: e.message, Details: e.details}

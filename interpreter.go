@@ -37,6 +37,10 @@ var sdkFiles embed.FS
 var (
 	startOnce sync.Once
 	startErr  error
+
+	// Helpers from host.py, owned for the life of the process.
+	dropModules    *cpy.PyObject
+	restoreModules *cpy.PyObject
 )
 
 // ensureInterpreter starts the interpreter the first time it is called;
@@ -71,13 +75,18 @@ func startInterpreter() error {
 	describe := mod.GetAttrString("describe")
 	fields := mod.GetAttrString("field_names")
 	install := mod.GetAttrString("install_sdk")
+	cancelled := mod.GetAttrString("CallCancelled")
+	dropModules = mod.GetAttrString("drop_modules")
+	restoreModules = mod.GetAttrString("restore_modules")
 	defer describe.DecRef()
 	defer fields.DecRef()
 	defer install.DecRef()
-	if describe == nil || fields == nil || install == nil {
+	defer cancelled.DecRef()
+	if describe == nil || fields == nil || install == nil || cancelled == nil || dropModules == nil || restoreModules == nil {
 		return takeImportError("<fidius-go>/host.py")
 	}
 	C.fidius_set_helpers(toC(describe), toC(fields))
+	C.fidius_set_cancel_type(toC(cancelled))
 
 	sources, err := sdkSources()
 	if err != nil {
@@ -168,7 +177,7 @@ func readException(r C.fidius_result) pyException {
 
 // takeImportError clears the pending Python exception and returns it as an
 // *ImportError for module. GIL held.
-func takeImportError(module string) error {
+func takeImportError(module string) *ImportError {
 	e := readException(C.fidius_take_error(0))
 	var d struct {
 		Traceback string `json:"traceback"`

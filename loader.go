@@ -1,5 +1,6 @@
 // This file owns loading: from a package directory and an interface
-// descriptor to a checked *PluginHandle (SPEC section 2).
+// descriptor to a checked *PluginHandle (SPEC sections 2 and 9), and
+// Reload, which does the same again for a loaded handle.
 
 package fidius
 
@@ -9,6 +10,7 @@ package fidius
 import "C"
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -26,14 +28,24 @@ type loadOptions struct {
 	logger *zap.Logger
 }
 
-// WithLogger sends the library's log lines to l: Info when a plugin loads,
-// Debug for each sys.path insertion. Without it the library logs nothing.
+// WithLogger sends the library's log lines to l: Info when a plugin loads
+// or reloads, Debug for each sys.path insertion. Without it the library
+// logs nothing.
 func WithLogger(l *zap.Logger) Option {
 	return func(o *loadOptions) {
 		if l != nil {
 			o.logger = l
 		}
 	}
+}
+
+// plugin is what a handle needs to import its plugin again.
+type plugin struct {
+	dir    string // absolute and clean
+	entry  string
+	desc   *InterfaceDescriptor
+	config []byte // JSON; nil for a plugin that is not configured
+	logger *zap.Logger
 }
 
 // LoadPythonPlugin loads the Python plugin package in packageDir and checks
@@ -51,12 +63,33 @@ func WithLogger(l *zap.Logger) Option {
 // The interpreter has one sys.modules: two packages whose entry modules
 // share a name get the module that was imported first.
 func LoadPythonPlugin(packageDir string, desc *InterfaceDescriptor, opts ...Option) (*PluginHandle, error) {
+	return load(packageDir, desc, nil, opts)
+}
+
+// LoadPythonPluginConfigured loads a package like LoadPythonPlugin, then
+// calls the entry module's __fidius_configure__ with config (converted as
+// a typed call's single argument: a Go struct becomes a dict) and takes
+// the methods from the object it returns. Each call makes its own
+// instance, so differently configured handles of one package coexist.
+//
+// A module without __fidius_configure__ is ErrMissingAttr; an exception
+// raised by it is an *ImportError (ErrImportFailed); a config that does not
+// marshal to JSON is ErrInputDecode.
+func LoadPythonPluginConfigured(packageDir string, desc *InterfaceDescriptor, config any, opts ...Option) (*PluginHandle, error) {
+	b, err := json.Marshal(config)
+	if err != nil {
+		return nil, fmt.Errorf("%w: config: %v", ErrInputDecode, err)
+	}
+	return load(packageDir, desc, b, opts)
+}
+
+func load(packageDir string, desc *InterfaceDescriptor, config []byte, opts []Option) (*PluginHandle, error) {
 	o := loadOptions{logger: zap.NewNop()}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	if desc == nil {
-		return nil, errors.New("fidius: LoadPythonPlugin: nil interface descriptor")
+		return nil, errors.New("fidius: nil interface descriptor")
 	}
 	if err := ensureInterpreter(); err != nil {
 		return nil, err
@@ -72,66 +105,105 @@ func LoadPythonPlugin(packageDir string, desc *InterfaceDescriptor, opts ...Opti
 	if rt := m.Package.RuntimeName(); rt != RuntimePython {
 		return nil, fmt.Errorf("%w: package at %s has runtime %q, not %q", ErrNotPythonRuntime, dir, rt, RuntimePython)
 	}
-	entry := m.Python.EntryModule
-	if !isDottedName(entry) {
-		return nil, fmt.Errorf("%w: %s: python.entry_module %q is not a dotted Python module name", ErrManifest, m.Path, entry)
+	p := &plugin{dir: dir, entry: m.Python.EntryModule, desc: desc, config: config, logger: o.logger}
+	if !isDottedName(p.entry) {
+		return nil, fmt.Errorf("%w: %s: python.entry_module %q is not a dotted Python module name", ErrManifest, m.Path, p.entry)
 	}
 
 	var (
-		h        *PluginHandle
+		tab      *C.fidius_table
 		inserted []string
 	)
 	withGIL(func() {
 		inserted, err = prependSysPath(dir)
 		if err == nil {
-			h, err = importPlugin(entry, desc)
+			tab, err = p.importTable()
 		}
 	})
 	// Logged after the GIL is released: a logger's sink may block.
-	for _, p := range inserted {
-		o.logger.Debug("prepended to sys.path", zap.String("path", p))
+	for _, path := range inserted {
+		p.logger.Debug("prepended to sys.path", zap.String("path", path))
 	}
 	if err != nil {
 		return nil, err
 	}
-	o.logger.Info("loaded python plugin",
+	p.logger.Info("loaded python plugin",
 		zap.String("package", dir),
 		zap.String("interface", desc.InterfaceName),
-		zap.String("entry_module", entry))
-	return h, nil
+		zap.String("entry_module", p.entry))
+	return newHandle(p, tab), nil
 }
 
-// importPlugin imports the entry module, checks its hash and resolves the
-// descriptor's methods. GIL held.
-func importPlugin(entry string, desc *InterfaceDescriptor) (*PluginHandle, error) {
-	mod := cpy.PyImport_ImportModule(entry)
+// importTable imports the entry module, checks its hash, configures it if
+// the plugin is configured, and resolves the descriptor's methods. GIL held.
+func (p *plugin) importTable() (*C.fidius_table, error) {
+	mod := cpy.PyImport_ImportModule(p.entry)
 	if mod == nil {
-		return nil, takeImportError(entry)
+		return nil, takeImportError(p.entry)
 	}
 	defer mod.DecRef()
-	if err := checkHash(mod, entry, desc); err != nil {
+	if err := checkHash(mod, p.entry, p.desc); err != nil {
 		return nil, err
 	}
-	fns := make([]*cpy.PyObject, len(desc.Methods))
-	defer func() {
-		for _, fn := range fns {
-			fn.DecRef() // nil-safe
+	owner := mod
+	if p.config != nil {
+		inst, err := p.configure(mod)
+		if err != nil {
+			return nil, err
 		}
-	}()
-	for i, md := range desc.Methods {
-		fn := mod.GetAttrString(md.Name)
+		defer inst.DecRef()
+		owner = inst
+	}
+	tab := C.fidius_table_new(C.Py_ssize_t(len(p.desc.Methods)), toC(owner))
+	if tab == nil {
+		panic("fidius: out of memory allocating a method table")
+	}
+	for i, md := range p.desc.Methods {
+		fn := owner.GetAttrString(md.Name)
 		if fn == nil {
 			clearError()
+			C.fidius_table_free(tab)
 			return nil, fmt.Errorf("%w: method %q of interface %q is not defined in module %q",
-				ErrMethodNotRegistered, md.Name, desc.InterfaceName, entry)
+				ErrMethodNotRegistered, md.Name, p.desc.InterfaceName, p.entry)
 		}
-		fns[i] = fn
-		if !cpy.PyCallable_Check(fn) {
+		callable := cpy.PyCallable_Check(fn)
+		if callable {
+			C.fidius_table_set(tab, C.Py_ssize_t(i), toC(fn))
+		}
+		what := typeName(fn)
+		fn.DecRef()
+		if !callable {
+			C.fidius_table_free(tab)
 			return nil, fmt.Errorf("%w: method %q of interface %q in module %q is not callable (it is a %s)",
-				ErrMethodNotRegistered, md.Name, desc.InterfaceName, entry, typeName(fn))
+				ErrMethodNotRegistered, md.Name, p.desc.InterfaceName, p.entry, what)
 		}
 	}
-	return newHandle(desc, mod, fns), nil
+	return tab, nil
+}
+
+// configure calls the module's __fidius_configure__ with the plugin's
+// config and returns the instance. GIL held.
+func (p *plugin) configure(mod *cpy.PyObject) (*cpy.PyObject, error) {
+	const attr = "__fidius_configure__"
+	fn := mod.GetAttrString(attr)
+	if fn == nil {
+		clearError()
+		return nil, fmt.Errorf("%w: module %q has no %s, required by LoadPythonPluginConfigured", ErrMissingAttr, p.entry, attr)
+	}
+	defer fn.DecRef()
+	var r C.fidius_result
+	arg := fromC(C.fidius_decode_value((*C.char)(bytesPtr(p.config)), C.size_t(len(p.config)), &r))
+	if arg == nil {
+		return nil, fmt.Errorf("%w: config: %s", ErrInputDecode, C.GoStringN(r.data, C.int(r.len)))
+	}
+	defer arg.DecRef()
+	inst := fn.CallFunctionObjArgs(arg)
+	if inst == nil {
+		err := takeImportError(p.entry)
+		err.Func = attr
+		return nil, err
+	}
+	return inst, nil
 }
 
 // checkHash compares the module's __interface_hash__ with the descriptor's.
@@ -157,6 +229,56 @@ func checkHash(mod *cpy.PyObject, entry string, desc *InterfaceDescriptor) error
 	if got != desc.InterfaceHash {
 		return &HashMismatchError{Interface: desc.InterfaceName, Got: got, Expected: desc.InterfaceHash}
 	}
+	return nil
+}
+
+// Reload imports the plugin again from disk: the entry module and every
+// other module whose file lies under the package directory (vendor/
+// included) are dropped from sys.modules and imported afresh, the hash and
+// the methods checked again (and a configured plugin configured again with
+// its config), and the handle switches to the new methods at once. Calls
+// already running finish on the old code.
+//
+// If the reload fails, the handle keeps serving the old code, the old
+// modules are put back in sys.modules, and the error is returned, as
+// LoadPythonPlugin would return it.
+func (h *PluginHandle) Reload() error {
+	h.reloadMu.Lock()
+	defer h.reloadMu.Unlock()
+	p := h.plugin
+	var err error
+	withGIL(func() {
+		dir := cpy.PyUnicode_FromString(p.dir)
+		defer dir.DecRef()
+		saved := dropModules.CallFunctionObjArgs(dir)
+		if saved == nil {
+			err = fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
+			return
+		}
+		defer saved.DecRef()
+		var tab *C.fidius_table
+		tab, err = p.importTable()
+		if err != nil {
+			if res := restoreModules.CallFunctionObjArgs(dir, saved); res != nil {
+				res.DecRef()
+			} else {
+				clearError()
+			}
+			return
+		}
+		if h.closed.Load() {
+			C.fidius_table_free(tab) // closed while importing: nothing to switch
+			return
+		}
+		C.fidius_slot_swap(h.slot, tab)
+	})
+	if err != nil {
+		return err
+	}
+	if h.closed.Load() {
+		return h.errClosed()
+	}
+	p.logger.Info("reloaded python plugin", zap.String("package", p.dir), zap.String("entry_module", p.entry))
 	return nil
 }
 

@@ -4,6 +4,8 @@
 # sys.path cannot break error reporting for the others.
 
 import dataclasses
+import importlib
+import os
 import sys
 import traceback
 
@@ -69,6 +71,44 @@ def field_names(obj):
         names = tuple(f.name for f in _fields(obj))
         _field_cache[cls] = names
     return names
+
+
+class CallCancelled(BaseException):
+    """Raised into a call whose Go context was cancelled.
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception``
+    in a plugin does not swallow it; ``finally`` blocks still run.
+    """
+
+
+def drop_modules(directory):
+    """Remove every module whose file lies under directory from sys.modules.
+
+    Returns them, so that a failed reload can put them back. Their cached
+    bytecode is removed too: an edit within the same second that keeps the
+    file's size would otherwise pass the cache's check.
+    """
+    prefix = os.path.join(directory, "")
+    dropped = {}
+    for name, mod in list(sys.modules.items()):
+        path = getattr(mod, "__file__", None)
+        if isinstance(path, str) and os.path.abspath(path).startswith(prefix):
+            dropped[name] = mod
+            del sys.modules[name]
+            cached = getattr(mod, "__cached__", None)
+            if isinstance(cached, str):
+                try:
+                    os.remove(cached)
+                except OSError:
+                    pass
+    importlib.invalidate_caches()
+    return dropped
+
+
+def restore_modules(directory, dropped):
+    """Undo a failed reload: drop what it imported, put the old modules back."""
+    drop_modules(directory)
+    sys.modules.update(dropped)
 
 
 class _EmbeddedSDK:
