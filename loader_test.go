@@ -57,9 +57,20 @@ func idx(t testing.TB, h *PluginHandle, name string) int {
 	return i
 }
 
+var (
+	moduleNamesMu sync.Mutex
+	moduleNames   = map[testing.TB]string{}
+)
+
 // moduleName gives each test its own entry module name: one interpreter
-// (and one sys.modules) serves the whole test binary.
+// (and one sys.modules) serves the whole test binary, also across
+// -count runs of the same test.
 func moduleName(t testing.TB) string {
+	moduleNamesMu.Lock()
+	defer moduleNamesMu.Unlock()
+	if name, ok := moduleNames[t]; ok {
+		return name
+	}
 	var b strings.Builder
 	b.WriteString("t_")
 	for _, r := range strings.ToLower(t.Name()) {
@@ -69,6 +80,8 @@ func moduleName(t testing.TB) string {
 			b.WriteByte('_')
 		}
 	}
+	fmt.Fprintf(&b, "_%d", len(moduleNames))
+	moduleNames[t] = b.String()
 	return b.String()
 }
 
