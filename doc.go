@@ -6,8 +6,14 @@
 // framework: a package written for a fidius host loads here unchanged.
 // LoadPythonPlugin checks the package against an InterfaceDescriptor and
 // returns a *PluginHandle whose methods are called by index, with JSON
-// (CallJSON, or Call for Go values) or raw bytes (CallRaw), from any number
-// of goroutines.
+// (CallJSON, or Call for Go values) or raw bytes (CallRaw, CallRawAppend),
+// from any number of goroutines. Streaming methods are consumed with
+// CallStream; LoadPythonPluginConfigured makes configured instances; Reload
+// picks up edits to a loaded plugin.
+//
+// Every call takes a context. A context that ends while Python runs the
+// call interrupts it at the next bytecode boundary (not inside a blocking
+// C function), and the call returns the context's error.
 //
 // # Values
 //
