@@ -270,16 +270,21 @@ PyObject *fidius_decode_value(const char *in, size_t n, fidius_result *r) {
 	return o;
 }
 
-// enter takes the GIL and returns a new reference to method i of the
-// slot's current table, or NULL with FIDIUS_CLOSED. The caller must end
-// with leave, whatever happens.
-static PyObject *enter(fidius_slot *s, Py_ssize_t i, fidius_ctl *ctl, fidius_result *r) {
+// begin takes the GIL and makes the call interruptible through ctl. The
+// caller must end with leave, whatever happens.
+static void begin(fidius_ctl *ctl) {
 	fidius_gil_acquire();
 	tls_buf.len = 0;
 	if (ctl != NULL) {
 		ctl->ts = tls_ts;
 		ctl->active = 1;
 	}
+}
+
+// enter begins a call and returns a new reference to method i of the
+// slot's current table, or NULL with FIDIUS_CLOSED.
+static PyObject *enter(fidius_slot *s, Py_ssize_t i, fidius_ctl *ctl, fidius_result *r) {
+	begin(ctl);
 	if (s->tab == NULL) {
 		r->status = FIDIUS_CLOSED;
 		return NULL;
@@ -356,21 +361,36 @@ static void encode_result(PyObject *res, fidius_result *r) {
 	r->len = b->len;
 }
 
-fidius_result fidius_call_json(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl) {
-	fidius_result r = {0};
-	PyObject *fn = enter(s, i, ctl, &r);
-	if (fn != NULL) {
-		PyObject *res = call_json(fn, in, n, &r);
-		Py_DECREF(fn);
-		if (res != NULL) {
-			encode_result(res, &r);
-			Py_DECREF(res);
-		} else if (r.status == FIDIUS_OK) {
-			describe_error(&r, 1);
-		}
-	}
-	leave(ctl, &r);
-	return r;
+// enter_json enters a call of method i with JSON input and returns its
+// result, or NULL with r describing why there is none.
+static PyObject *enter_json(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl, fidius_result *r) {
+	PyObject *fn = enter(s, i, ctl, r);
+	if (fn == NULL)
+		return NULL;
+	PyObject *res = call_json(fn, in, n, r);
+	Py_DECREF(fn);
+	if (res == NULL && r->status == FIDIUS_OK)
+		describe_error(r, 1);
+	return res;
+}
+
+// enter_raw enters a call of raw method i with one bytes argument and
+// returns its result, or NULL with r describing why there is none.
+static PyObject *enter_raw(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl, fidius_result *r) {
+	PyObject *fn = enter(s, i, ctl, r);
+	if (fn == NULL)
+		return NULL;
+	PyObject *arg = PyBytes_FromStringAndSize(in, (Py_ssize_t)n);
+	PyObject *res = NULL;
+	if (arg == NULL)
+		message_error(r, FIDIUS_INPUT, "input cannot be passed as bytes");
+	else
+		res = PyObject_CallOneArg(fn, arg);
+	Py_XDECREF(arg);
+	Py_DECREF(fn);
+	if (res == NULL && r->status == FIDIUS_OK)
+		describe_error(r, 1);
+	return res;
 }
 
 // raw_result hands a raw result to Go: small ones in the thread buffer,
@@ -419,24 +439,15 @@ static void raw_result(PyObject *res, fidius_result *r) {
 	r->len = b->len;
 }
 
-fidius_result fidius_call_raw(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl) {
+fidius_result fidius_call(fidius_slot *s, Py_ssize_t i, int raw, const char *in, size_t n, fidius_ctl *ctl) {
 	fidius_result r = {0};
-	PyObject *fn = enter(s, i, ctl, &r);
-	if (fn != NULL) {
-		PyObject *arg = PyBytes_FromStringAndSize(in, (Py_ssize_t)n);
-		PyObject *res = NULL;
-		if (arg == NULL)
-			message_error(&r, FIDIUS_INPUT, "input cannot be passed as bytes");
-		else
-			res = PyObject_CallOneArg(fn, arg);
-		Py_XDECREF(arg);
-		Py_DECREF(fn);
-		if (res != NULL) {
+	PyObject *res = raw ? enter_raw(s, i, in, n, ctl, &r) : enter_json(s, i, in, n, ctl, &r);
+	if (res != NULL) {
+		if (raw)
 			raw_result(res, &r);
-			Py_DECREF(res);
-		} else if (r.status == FIDIUS_OK) {
-			describe_error(&r, 1);
-		}
+		else
+			encode_result(res, &r);
+		Py_DECREF(res);
 	}
 	leave(ctl, &r);
 	return r;
@@ -452,23 +463,17 @@ void fidius_release_pending(void) {
 
 fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl) {
 	fidius_result r = {0};
-	PyObject *fn = enter(s, i, ctl, &r);
-	if (fn != NULL) {
-		PyObject *res = call_json(fn, in, n, &r);
-		Py_DECREF(fn);
-		if (res != NULL) {
-			r.obj = PyObject_GetIter(res);
-			if (r.obj == NULL) {
-				char msg[200];
-				snprintf(msg, sizeof msg, "streaming method must return an iterable, not %.100s",
-				         Py_TYPE(res)->tp_name);
-				PyErr_Clear();
-				message_error(&r, FIDIUS_OUTPUT, msg);
-			}
-			Py_DECREF(res);
-		} else if (r.status == FIDIUS_OK) {
-			describe_error(&r, 1);
+	PyObject *res = enter_json(s, i, in, n, ctl, &r);
+	if (res != NULL) {
+		r.obj = PyObject_GetIter(res);
+		if (r.obj == NULL) {
+			char msg[200];
+			snprintf(msg, sizeof msg, "streaming method must return an iterable, not %.100s",
+			         Py_TYPE(res)->tp_name);
+			PyErr_Clear();
+			message_error(&r, FIDIUS_OUTPUT, msg);
 		}
+		Py_DECREF(res);
 	}
 	leave(ctl, &r);
 	return r;
@@ -476,12 +481,7 @@ fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, 
 
 fidius_result fidius_stream_next(PyObject *it, fidius_ctl *ctl) {
 	fidius_result r = {0};
-	fidius_gil_acquire();
-	tls_buf.len = 0;
-	if (ctl != NULL) {
-		ctl->ts = tls_ts;
-		ctl->active = 1;
-	}
+	begin(ctl);
 	PyObject *item = PyIter_Next(it);
 	if (item != NULL) {
 		encode_result(item, &r);

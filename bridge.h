@@ -71,9 +71,10 @@ void fidius_set_helpers(PyObject *describe, PyObject *fields);
 PyObject *fidius_exec_bootstrap(const char *src, const char *filename);
 
 // Dispatch: one crossing each; they take and release the GIL themselves.
-// ctl may be NULL for a call that cannot be cancelled.
-fidius_result fidius_call_json(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl);
-fidius_result fidius_call_raw(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl);
+// fidius_call calls method i with JSON input and a JSON result, or with
+// raw set, one bytes argument and a bytes-like result. ctl may be NULL for
+// a call that cannot be cancelled.
+fidius_result fidius_call(fidius_slot *s, Py_ssize_t i, int raw, const char *in, size_t n, fidius_ctl *ctl);
 void fidius_release_pending(void);   // takes the GIL
 void fidius_trim_buffer(void);       // no GIL needed
 

@@ -73,6 +73,8 @@ func (h *PluginHandle) errClosed() error {
 	return fmt.Errorf("%w: interface %q", ErrClosed, h.plugin.desc.InterfaceName)
 }
 
+// callKind is how a call passes values; typedCall and rawCall are also
+// fidius_call's raw flag.
 type callKind int
 
 const (
@@ -141,28 +143,14 @@ func interruptible(ctx context.Context) (*C.fidius_ctl, func() bool) {
 // ctx that ends while the plugin runs interrupts it, and the error matches
 // ctx.Err() with errors.Is.
 func (h *PluginHandle) CallJSON(ctx context.Context, i int, input []byte) ([]byte, error) {
-	m, err := h.method(ctx, i, typedCall)
-	if err != nil {
-		return nil, err
-	}
-	ctl, stop := interruptible(ctx)
-	runtime.LockOSThread()
-	r := C.fidius_call_json(h.slot, C.Py_ssize_t(i), bytesPtr(input), C.size_t(len(input)), ctl)
-	out, err := h.result(ctx, m, r, nil)
-	runtime.UnlockOSThread()
-	if stop != nil {
-		stop()
-	}
-	runtime.KeepAlive(h)
-	runtime.KeepAlive(input)
-	return out, err
+	return h.call(ctx, i, typedCall, nil, input)
 }
 
 // CallRaw calls raw-wire method i: input is passed as one Python bytes
 // argument, and the method must return bytes, bytearray or memoryview.
 // Cancellation works as for CallJSON.
 func (h *PluginHandle) CallRaw(ctx context.Context, i int, input []byte) ([]byte, error) {
-	return h.CallRawAppend(ctx, i, nil, input)
+	return h.call(ctx, i, rawCall, nil, input)
 }
 
 // CallRawAppend is CallRaw, but appends the result to dst and returns the
@@ -171,13 +159,18 @@ func (h *PluginHandle) CallRaw(ctx context.Context, i int, input []byte) ([]byte
 // slice per call makes the garbage collector run in proportion to the
 // bytes returned.
 func (h *PluginHandle) CallRawAppend(ctx context.Context, i int, dst, input []byte) ([]byte, error) {
-	m, err := h.method(ctx, i, rawCall)
+	return h.call(ctx, i, rawCall, dst, input)
+}
+
+// call is every unary call: checks in Go, then one crossing into C.
+func (h *PluginHandle) call(ctx context.Context, i int, kind callKind, dst, input []byte) ([]byte, error) {
+	m, err := h.method(ctx, i, kind)
 	if err != nil {
 		return dst, err
 	}
 	ctl, stop := interruptible(ctx)
 	runtime.LockOSThread()
-	r := C.fidius_call_raw(h.slot, C.Py_ssize_t(i), bytesPtr(input), C.size_t(len(input)), ctl)
+	r := C.fidius_call(h.slot, C.Py_ssize_t(i), C.int(kind), bytesPtr(input), C.size_t(len(input)), ctl)
 	out, err := h.result(ctx, m, r, dst)
 	runtime.UnlockOSThread()
 	if stop != nil {

@@ -287,6 +287,31 @@ static int enter(dec *d) {
 	return 0;
 }
 
+// closes consumes the end of a container (and leaves its depth) if close
+// comes next, after optional white space.
+static int closes(dec *d, char close) {
+	skip_ws(d);
+	if (d->p < d->end && *d->p == close) {
+		d->p++;
+		d->depth--;
+		return 1;
+	}
+	return 0;
+}
+
+// separator follows an element: 1 for ',' (another element), 0 when close
+// ends the container, -1 on anything else.
+static int separator(dec *d, char close) {
+	if (closes(d, close))
+		return 0;
+	if (d->p < d->end && *d->p == ',') {
+		d->p++;
+		return 1;
+	}
+	fail_char(d, close == ']' ? "',' or ']'" : "',' or '}'");
+	return -1;
+}
+
 static PyObject *dec_array(dec *d) {
 	if (enter(d) < 0)
 		return NULL;
@@ -296,12 +321,8 @@ static PyObject *dec_array(dec *d) {
 		fail_py(d, d->p);
 		return NULL;
 	}
-	skip_ws(d);
-	if (d->p < d->end && *d->p == ']') {
-		d->p++;
-		d->depth--;
+	if (closes(d, ']'))
 		return list;
-	}
 	for (;;) {
 		PyObject *item = dec_value(d);
 		if (item == NULL)
@@ -312,18 +333,11 @@ static PyObject *dec_array(dec *d) {
 			fail_py(d, d->p);
 			goto bad;
 		}
-		skip_ws(d);
-		if (d->p < d->end && *d->p == ',') {
-			d->p++;
-			continue;
-		}
-		if (d->p < d->end && *d->p == ']') {
-			d->p++;
-			d->depth--;
+		rc = separator(d, ']');
+		if (rc == 0)
 			return list;
-		}
-		fail_char(d, "',' or ']'");
-		goto bad;
+		if (rc < 0)
+			goto bad;
 	}
 bad:
 	Py_DECREF(list);
@@ -339,12 +353,8 @@ static PyObject *dec_object(dec *d) {
 		fail_py(d, d->p);
 		return NULL;
 	}
-	skip_ws(d);
-	if (d->p < d->end && *d->p == '}') {
-		d->p++;
-		d->depth--;
+	if (closes(d, '}'))
 		return dict;
-	}
 	for (;;) {
 		skip_ws(d);
 		if (d->p >= d->end || *d->p != '"') {
@@ -373,18 +383,11 @@ static PyObject *dec_object(dec *d) {
 			fail_py(d, d->p);
 			goto bad;
 		}
-		skip_ws(d);
-		if (d->p < d->end && *d->p == ',') {
-			d->p++;
-			continue;
-		}
-		if (d->p < d->end && *d->p == '}') {
-			d->p++;
-			d->depth--;
+		rc = separator(d, '}');
+		if (rc == 0)
 			return dict;
-		}
-		fail_char(d, "',' or '}'");
-		goto bad;
+		if (rc < 0)
+			goto bad;
 	}
 bad:
 	Py_DECREF(dict);
