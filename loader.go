@@ -14,8 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
-	"unicode"
 
 	cpy "go.nhat.io/cpy/v3"
 	"go.uber.org/zap"
@@ -106,9 +104,6 @@ func load(packageDir string, desc *InterfaceDescriptor, config []byte, opts []Op
 		return nil, fmt.Errorf("%w: package at %s has runtime %q, not %q", ErrNotPythonRuntime, dir, rt, RuntimePython)
 	}
 	p := &plugin{dir: dir, entry: m.Python.EntryModule, desc: desc, config: config, logger: o.logger}
-	if !isDottedName(p.entry) {
-		return nil, fmt.Errorf("%w: %s: python.entry_module %q is not a dotted Python module name", ErrManifest, m.Path, p.entry)
-	}
 
 	var (
 		tab      *C.fidius_table
@@ -304,25 +299,4 @@ func reprOf(o *cpy.PyObject) string {
 	}
 	defer r.DecRef()
 	return cpy.PyUnicode_AsUTF8(r)
-}
-
-// isDottedName reports whether s is a dotted Python module path, such as
-// "plugin" or "my_plugin.entry": so that nothing but a module name is ever
-// handed to the import system.
-func isDottedName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, part := range strings.Split(s, ".") {
-		if part == "" {
-			return false
-		}
-		for i, r := range part {
-			ok := r == '_' || unicode.IsLetter(r) || (i > 0 && unicode.IsDigit(r))
-			if !ok {
-				return false
-			}
-		}
-	}
-	return true
 }

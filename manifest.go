@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
+	"unicode"
 
 	"github.com/BurntSushi/toml"
 )
@@ -119,6 +121,11 @@ func LoadManifest(dir string) (*Manifest, error) {
 		}
 		return nil, fmt.Errorf("%w: %w", ErrManifest, err)
 	}
+	return parseManifest(path, data)
+}
+
+// parseManifest parses and checks the contents of the manifest at path.
+func parseManifest(path string, data []byte) (*Manifest, error) {
 	var raw rawManifest
 	md, err := toml.Decode(string(data), &raw)
 	if err != nil {
@@ -173,6 +180,9 @@ func LoadManifest(dir string) (*Manifest, error) {
 		if raw.Python.EntryModule == nil {
 			return nil, bad("missing required key python.entry_module")
 		}
+		if !isDottedName(*raw.Python.EntryModule) {
+			return nil, bad("python.entry_module %q is not a dotted Python module name", *raw.Python.EntryModule)
+		}
 		m.Python = &PythonSection{EntryModule: *raw.Python.EntryModule, Requirements: deref(raw.Python.Requirements)}
 	default:
 		return nil, bad("unknown runtime %q: allowed values are %q and %q", m.Package.Runtime, RuntimeRust, RuntimePython)
@@ -224,6 +234,26 @@ func valueColumn(data []byte, line int) int {
 		col++
 	}
 	return col + 1
+}
+
+// isDottedName reports whether s is a dotted Python module path, such as
+// "plugin" or "my_plugin.entry": so that nothing but a module name is ever
+// handed to the import system.
+func isDottedName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, part := range strings.Split(s, ".") {
+		if part == "" {
+			return false
+		}
+		for i, r := range part {
+			if !(r == '_' || unicode.IsLetter(r) || (i > 0 && unicode.IsDigit(r))) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func deref(s *string) string {
