@@ -24,6 +24,10 @@ var (
 	// ErrImportFailed reports an entry module that could not be imported,
 	// or an __interface_hash__ that is not an unsigned 64-bit integer.
 	ErrImportFailed = errors.New("entry module import failed")
+	// ErrModuleConflict reports an entry module that is not the package's
+	// own: all plugins share one sys.modules, and another package's module
+	// of the same name (or a module elsewhere on sys.path) was found first.
+	ErrModuleConflict = errors.New("entry module belongs to another package")
 	// ErrInterfaceHashMismatch reports a plugin built for another version
 	// of the interface. The error is also a *HashMismatchError.
 	ErrInterfaceHashMismatch = errors.New("interface hash mismatch")

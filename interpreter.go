@@ -39,8 +39,9 @@ var (
 	startErr  error
 
 	// Helpers from host.py, owned for the life of the process.
-	dropModules    *cpy.PyObject
-	restoreModules *cpy.PyObject
+	dropModules     *cpy.PyObject
+	restoreModules  *cpy.PyObject
+	foreignLocation *cpy.PyObject
 )
 
 // ensureInterpreter starts the interpreter the first time it is called;
@@ -78,11 +79,12 @@ func startInterpreter() error {
 	cancelled := mod.GetAttrString("CallCancelled")
 	dropModules = mod.GetAttrString("drop_modules")
 	restoreModules = mod.GetAttrString("restore_modules")
+	foreignLocation = mod.GetAttrString("foreign_location")
 	defer describe.DecRef()
 	defer fields.DecRef()
 	defer install.DecRef()
 	defer cancelled.DecRef()
-	if describe == nil || fields == nil || install == nil || cancelled == nil || dropModules == nil || restoreModules == nil {
+	if describe == nil || fields == nil || install == nil || cancelled == nil || dropModules == nil || restoreModules == nil || foreignLocation == nil {
 		return takeImportError("<fidius-go>/host.py")
 	}
 	C.fidius_set_helpers(toC(describe), toC(fields))

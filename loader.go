@@ -54,12 +54,13 @@ type plugin struct {
 // attribute of the module. Method i of the returned handle is desc.Methods[i].
 //
 // Errors match ErrManifest, ErrNotPythonRuntime, ErrMissingPythonSection,
-// ErrImportFailed (an *ImportError when Python raised),
+// ErrImportFailed (an *ImportError when Python raised), ErrModuleConflict,
 // ErrInterfaceHashMismatch (a *HashMismatchError), ErrMissingAttr or
 // ErrMethodNotRegistered.
 //
-// The interpreter has one sys.modules: two packages whose entry modules
-// share a name get the module that was imported first.
+// The interpreter has one sys.modules: a package whose entry module has
+// the name of a module already imported from elsewhere (another package's
+// entry module, say) is refused with ErrModuleConflict.
 func LoadPythonPlugin(packageDir string, desc *InterfaceDescriptor, opts ...Option) (*PluginHandle, error) {
 	return load(packageDir, desc, nil, opts)
 }
@@ -137,6 +138,9 @@ func (p *plugin) importTable() (*C.fidius_table, error) {
 		return nil, takeImportError(p.entry)
 	}
 	defer mod.DecRef()
+	if err := p.checkLocation(mod); err != nil {
+		return nil, err
+	}
 	if err := checkHash(mod, p.entry, p.desc); err != nil {
 		return nil, err
 	}
@@ -199,6 +203,23 @@ func (p *plugin) configure(mod *cpy.PyObject) (*cpy.PyObject, error) {
 		return nil, err
 	}
 	return inst, nil
+}
+
+// checkLocation makes sure the imported entry module is the package's own.
+// GIL held.
+func (p *plugin) checkLocation(mod *cpy.PyObject) error {
+	dir := cpy.PyUnicode_FromString(p.dir)
+	defer dir.DecRef()
+	where := foreignLocation.CallFunctionObjArgs(mod, dir)
+	if where == nil {
+		return fmt.Errorf("%w: locating module %q: %s", ErrImportFailed, p.entry, clearError())
+	}
+	defer where.DecRef()
+	if where == cpy.Py_None {
+		return nil
+	}
+	return fmt.Errorf("%w: entry module %q of package %s is %s, loaded from outside the package; plugins share one sys.modules, so give the entry module a name of its own",
+		ErrModuleConflict, p.entry, p.dir, cpy.PyUnicode_AsUTF8(where))
 }
 
 // checkHash compares the module's __interface_hash__ with the descriptor's.

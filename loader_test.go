@@ -120,11 +120,21 @@ func writePackage(t testing.TB, entry string, files map[string]string) string {
 	return dir
 }
 
+var pluginCounts = map[testing.TB]int{}
+
 // simplePlugin writes a package whose entry module is body, and the
-// descriptor naming methods with the hash the module declares.
+// descriptor naming methods with the hash the module declares. The first
+// package of a test has the module moduleName(t); later ones a suffix, as
+// packages sharing a module name conflict.
 func simplePlugin(t testing.TB, body string, methods ...MethodDesc) (string, *InterfaceDescriptor) {
 	t.Helper()
 	mod := moduleName(t)
+	moduleNamesMu.Lock()
+	if n := pluginCounts[t]; n > 0 {
+		mod = fmt.Sprintf("%s_%d", mod, n)
+	}
+	pluginCounts[t]++
+	moduleNamesMu.Unlock()
 	src := "__interface_hash__ = 0x1234\n" + body
 	dir := writePackage(t, mod, map[string]string{mod + ".py": src})
 	return dir, &InterfaceDescriptor{InterfaceName: "Test", InterfaceHash: 0x1234, Methods: methods}

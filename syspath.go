@@ -13,10 +13,20 @@ import (
 // prependSysPath makes sys.path start [dir/vendor, dir, ...] unless those
 // entries are already on it, and returns the entries it inserted. dir must
 // be absolute and clean, so that a later chdir changes nothing. GIL held.
+//
+// A plugin may have replaced sys.path with something that is not a list;
+// then it is replaced by a new, empty list rather than failing every load
+// after.
 func prependSysPath(dir string) ([]string, error) {
 	path := cpy.PySys_GetObject("path") // borrowed
 	if path == nil || !cpy.PyList_Check(path) {
-		return nil, fmt.Errorf("%w: sys.path is not a list", ErrImportFailed)
+		fresh := cpy.PyList_New(0)
+		rc := cpy.PySys_SetObject("path", fresh)
+		fresh.DecRef()
+		if rc != 0 {
+			return nil, fmt.Errorf("%w: replacing sys.path, which is not a list: %s", ErrImportFailed, clearError())
+		}
+		path = cpy.PySys_GetObject("path")
 	}
 	var inserted []string
 	// Inserting at 0 in reverse order leaves vendor/ first.

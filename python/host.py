@@ -81,6 +81,24 @@ class CallCancelled(BaseException):
     """
 
 
+def foreign_location(mod, directory):
+    """Where mod comes from, if that is not under directory; else None.
+
+    All plugins share sys.modules, so an entry module may turn out to be
+    another package's module of the same name, or a module from elsewhere
+    on sys.path.
+    """
+    prefix = os.path.join(directory, "")
+    path = getattr(mod, "__file__", None)
+    if isinstance(path, str):
+        path = os.path.abspath(path)
+        return None if path.startswith(prefix) else path
+    locations = [os.path.abspath(p) for p in (getattr(mod, "__path__", None) or []) if isinstance(p, str)]
+    if any(p.startswith(prefix) for p in locations):
+        return None  # a namespace package with a part in the package
+    return locations[0] if locations else "a built-in module"
+
+
 def drop_modules(directory):
     """Remove every module whose file lies under directory from sys.modules.
 
