@@ -56,8 +56,9 @@
 // only while Python runs, so plugin code runs one call at a time while Go
 // code around it runs in parallel.
 //
-// All plugins share one sys.modules. Two packages whose entry modules have
-// the same name get whichever was imported first, and whichever copy of the
-// fidius SDK is imported first serves every plugin. The library embeds the
+// All plugins share one sys.modules. A package whose entry module has the
+// name of a module already imported from elsewhere is refused with
+// ErrModuleConflict, and whichever copy of the fidius SDK is imported first
+// serves every plugin. The library embeds the
 // SDK, found after every plugin directory, for plugins that do not vendor it.
 package fidius
