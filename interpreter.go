@@ -42,6 +42,7 @@ var (
 	dropModules     *cpy.PyObject
 	restoreModules  *cpy.PyObject
 	foreignLocation *cpy.PyObject
+	ensureSDK       *cpy.PyObject
 )
 
 // ensureInterpreter starts the interpreter the first time it is called;
@@ -80,11 +81,12 @@ func startInterpreter() error {
 	dropModules = mod.GetAttrString("drop_modules")
 	restoreModules = mod.GetAttrString("restore_modules")
 	foreignLocation = mod.GetAttrString("foreign_location")
+	ensureSDK = mod.GetAttrString("ensure_sdk")
 	defer describe.DecRef()
 	defer fields.DecRef()
 	defer install.DecRef()
 	defer cancelled.DecRef()
-	if describe == nil || fields == nil || install == nil || cancelled == nil || dropModules == nil || restoreModules == nil || foreignLocation == nil {
+	if describe == nil || fields == nil || install == nil || cancelled == nil || dropModules == nil || restoreModules == nil || foreignLocation == nil || ensureSDK == nil {
 		return takeImportError("<fidius-go>/host.py")
 	}
 	C.fidius_set_helpers(toC(describe), toC(fields))

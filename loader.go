@@ -133,6 +133,12 @@ func load(packageDir string, desc *InterfaceDescriptor, config []byte, opts []Op
 // importTable imports the entry module, checks its hash, configures it if
 // the plugin is configured, and resolves the descriptor's methods. GIL held.
 func (p *plugin) importTable() (*C.fidius_table, error) {
+	// A plugin may have removed the embedded SDK's finder.
+	if res := ensureSDK.CallFunctionObjArgs(); res != nil {
+		res.DecRef()
+	} else {
+		clearError()
+	}
 	mod := cpy.PyImport_ImportModule(p.entry)
 	if mod == nil {
 		return nil, takeImportError(p.entry)

@@ -321,10 +321,13 @@ func TestVandalizedInterpreterState(t *testing.T) {
 	// tests.
 	vandal, d := simplePlugin(t, `
 import sys
-saved_path, saved_modules = None, None
+saved_path, saved_modules, saved_meta = None, None, None
 def vandalize():
-    global saved_path, saved_modules
+    global saved_path, saved_modules, saved_meta
     saved_path = list(sys.path)
+    saved_meta = list(sys.meta_path)
+    # Keep only the standard finders: the library's SDK hook goes.
+    sys.meta_path[:] = [f for f in sys.meta_path if type(f).__module__ != "_fidius_host"]
     names = [n for n in sys.modules if n.split(".")[0] in ("fidius", "traceback", "dataclasses", "json", "linecache")]
     saved_modules = {n: sys.modules.pop(n) for n in names}
     sys.path[:] = []
@@ -332,6 +335,7 @@ def replace_path():
     sys.path = "not a list"
 def restore():
     sys.path = saved_path
+    sys.meta_path[:] = saved_meta
     sys.modules.update(saved_modules)
 `, MethodDesc{Name: "vandalize"}, MethodDesc{Name: "replace_path"}, MethodDesc{Name: "restore"})
 	v := mustLoad(t, vandal, d)

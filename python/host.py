@@ -160,5 +160,19 @@ class _EmbeddedSDK:
         return self._sources[fullname][1]
 
 
+_sdk = None
+
+
 def install_sdk(sources):
-    sys.meta_path.append(_EmbeddedSDK(dict(sources)))
+    global _sdk
+    _sdk = _EmbeddedSDK(dict(sources))
+    ensure_sdk()
+
+
+def ensure_sdk():
+    """Put the embedded SDK's finder back at the end of sys.meta_path if a
+    plugin removed it (or replaced sys.meta_path)."""
+    if not isinstance(sys.meta_path, list):
+        sys.meta_path = list(sys.meta_path) if sys.meta_path else []
+    if _sdk not in sys.meta_path:
+        sys.meta_path.append(_sdk)
