@@ -73,3 +73,50 @@ func ExamplePluginError() {
 	}
 	// Output: BAD_INPUT deliberate failure {"got":42}
 }
+
+// ticker describes the interface of testdata/ticker: one method that
+// streams its results.
+var ticker = &fidius.InterfaceDescriptor{
+	InterfaceName: "Ticker",
+	InterfaceHash: fidius.InterfaceHash(fidius.SignatureString("ticks", []string{"u32"}, "u32", false, true, false)),
+	Methods:       []fidius.MethodDesc{{Name: "ticks", Streaming: true}},
+}
+
+func ExamplePluginHandle_CallStream() {
+	h, err := fidius.LoadPythonPlugin("testdata/ticker", ticker)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer h.Close()
+	for item, err := range h.CallStream(context.Background(), 0, []byte(`[4]`)) {
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		fmt.Print(string(item), " ")
+	}
+	fmt.Println()
+	// Output: 0 1 2 3
+}
+
+func ExampleLoadPythonPluginConfigured() {
+	type config struct {
+		Step int `json:"step"`
+	}
+	tens, err := fidius.LoadPythonPluginConfigured("testdata/ticker", ticker, config{Step: 10})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer tens.Close()
+	for item, err := range tens.CallStream(context.Background(), 0, []byte(`[3]`)) {
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		fmt.Print(string(item), " ")
+	}
+	fmt.Println()
+	// Output: 0 10 20
+}
