@@ -17,7 +17,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"os"
 	"path"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -97,12 +99,24 @@ func startInterpreter() error {
 		return err
 	}
 	defer sources.DecRef()
-	res := install.CallFunctionObjArgs(sources)
+	pycache := cpy.PyUnicode_FromString(pycacheDir())
+	defer pycache.DecRef()
+	res := install.CallFunctionObjArgs(sources, pycache)
 	if res == nil {
 		return takeImportError("fidius (embedded SDK)")
 	}
 	res.DecRef()
 	return nil
+}
+
+// pycacheDir is where Python writes bytecode caches for plugin modules,
+// instead of __pycache__ directories inside packages.
+func pycacheDir() string {
+	base, err := os.UserCacheDir()
+	if err != nil {
+		base = os.TempDir()
+	}
+	return filepath.Join(base, "fidius-go", "pycache")
 }
 
 // sdkSources builds {module name: (is_package, source)} from the embedded

@@ -807,3 +807,24 @@ def check():
 		t.Fatalf("got  %s\nwant %s", out, want)
 	}
 }
+
+// writeBytecode makes Python write bytecode caches for the rest of the
+// test, whatever PYTHONDONTWRITEBYTECODE says, as it does on most machines.
+func writeBytecode(t *testing.T) {
+	t.Helper()
+	mod := moduleName(t) + "_bytecode"
+	dir := writePackage(t, mod, map[string]string{mod + ".py": `
+import sys
+__interface_hash__ = 1
+def set(on):
+    old = sys.dont_write_bytecode
+    sys.dont_write_bytecode = not on
+    return not old
+`})
+	h := mustLoad(t, dir, &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "set"}}})
+	was, err := Call[bool](ctx, h, 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Call[bool](ctx, h, 0, was) })
+}

@@ -18,6 +18,7 @@ func writeFile(t *testing.T, path, content string) {
 }
 
 func TestReload(t *testing.T) {
+	writeBytecode(t)
 	mod := moduleName(t)
 	helper := mod + "_helper"
 	dir := writePackage(t, mod, map[string]string{

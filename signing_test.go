@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -93,5 +94,36 @@ func TestSignAndVerify(t *testing.T) {
 	wantErr(t, VerifyPackage(dir, []ed25519.PublicKey{pub}), ErrSignatureInvalid, "5 bytes")
 	if err := SignPackage(dir, ed25519.PrivateKey("short")); err == nil {
 		t.Fatal("signed with a 5-byte key")
+	}
+}
+
+func TestSignedPackageStillVerifiesAfterLoading(t *testing.T) {
+	writeBytecode(t)
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	mod := moduleName(t)
+	dir := writePackage(t, mod, map[string]string{
+		mod + ".py":         "__interface_hash__ = 1\nimport " + mod + "_helper\ndef cached(): return " + mod + "_helper.__cached__\n",
+		mod + "_helper.py":  "X = 1\n",
+		"vendor/readme.txt": "vendored\n",
+	})
+	if err := SignPackage(dir, priv); err != nil {
+		t.Fatal(err)
+	}
+	h := mustLoad(t, dir, &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "cached"}}})
+	cached, err := Call[string](ctx, h, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(cached, pycacheDir()) {
+		t.Fatalf("bytecode cached at %q, want under %q", cached, pycacheDir())
+	}
+	if _, err := os.Stat(cached); err != nil {
+		t.Fatalf("no bytecode written: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "__pycache__")); err == nil {
+		t.Fatal("Python wrote __pycache__ into the package")
+	}
+	if err := VerifyPackage(dir, []ed25519.PublicKey{pub}); err != nil {
+		t.Fatalf("after loading: %v", err)
 	}
 }

@@ -163,8 +163,13 @@ class _EmbeddedSDK:
 _sdk = None
 
 
-def install_sdk(sources):
+def install_sdk(sources, pycache):
+    """Install the embedded SDK's finder, and keep bytecode caches out of
+    package directories (unless PYTHONPYCACHEPREFIX chose a place): a
+    package's files, and so its signed digest, stay as they were shipped."""
     global _sdk
+    if sys.pycache_prefix is None and pycache:
+        sys.pycache_prefix = pycache
     _sdk = _EmbeddedSDK(dict(sources))
     ensure_sdk()
 
