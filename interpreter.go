@@ -45,6 +45,7 @@ var (
 	restoreModules  *cpy.PyObject
 	foreignLocation *cpy.PyObject
 	ensureSDK       *cpy.PyObject
+	registeredNames *cpy.PyObject
 )
 
 // ensureInterpreter starts the interpreter the first time it is called;
@@ -84,11 +85,12 @@ func startInterpreter() error {
 	restoreModules = mod.GetAttrString("restore_modules")
 	foreignLocation = mod.GetAttrString("foreign_location")
 	ensureSDK = mod.GetAttrString("ensure_sdk")
+	registeredNames = mod.GetAttrString("registered_methods")
 	defer describe.DecRef()
 	defer fields.DecRef()
 	defer install.DecRef()
 	defer cancelled.DecRef()
-	if describe == nil || fields == nil || install == nil || cancelled == nil || dropModules == nil || restoreModules == nil || foreignLocation == nil || ensureSDK == nil {
+	if describe == nil || fields == nil || install == nil || cancelled == nil || dropModules == nil || restoreModules == nil || foreignLocation == nil || ensureSDK == nil || registeredNames == nil {
 		return takeImportError("<fidius-go>/host.py")
 	}
 	C.fidius_set_helpers(toC(describe), toC(fields))

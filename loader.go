@@ -228,30 +228,105 @@ func (p *plugin) checkLocation(mod *cpy.PyObject) error {
 		ErrModuleConflict, p.entry, p.dir, cpy.PyUnicode_AsUTF8(where))
 }
 
-// checkHash compares the module's __interface_hash__ with the descriptor's.
-// GIL held.
-func checkHash(mod *cpy.PyObject, entry string, desc *InterfaceDescriptor) error {
+// readHash returns the module's __interface_hash__. GIL held.
+func readHash(mod *cpy.PyObject, entry string) (uint64, error) {
 	attr := mod.GetAttrString("__interface_hash__")
 	if attr == nil {
 		clearError()
-		return fmt.Errorf("%w: module %q has no __interface_hash__", ErrMissingAttr, entry)
+		return 0, fmt.Errorf("%w: module %q has no __interface_hash__", ErrMissingAttr, entry)
 	}
 	defer attr.DecRef()
 	notU64 := func(what string) error {
 		return fmt.Errorf("%w: module %q: __interface_hash__ is not an unsigned 64-bit integer: %s", ErrImportFailed, entry, what)
 	}
 	if !cpy.PyLong_Check(attr) || cpy.PyBool_Check(attr) {
-		return notU64("it is a " + typeName(attr))
+		return 0, notU64("it is a " + typeName(attr))
 	}
 	got := cpy.PyLong_AsUnsignedLongLong(attr)
 	if cpy.PyErr_Occurred() != nil {
 		clearError()
-		return notU64(reprOf(attr))
+		return 0, notU64(reprOf(attr))
+	}
+	return got, nil
+}
+
+// checkHash compares the module's __interface_hash__ with the descriptor's.
+// GIL held.
+func checkHash(mod *cpy.PyObject, entry string, desc *InterfaceDescriptor) error {
+	got, err := readHash(mod, entry)
+	if err != nil {
+		return err
 	}
 	if got != desc.InterfaceHash {
 		return &HashMismatchError{Interface: desc.InterfaceName, Got: got, Expected: desc.InterfaceHash}
 	}
 	return nil
+}
+
+// PackageReport is what a Python plugin package declares about itself.
+type PackageReport struct {
+	// Manifest is the package's package.toml.
+	Manifest *Manifest
+	// InterfaceHash is the entry module's __interface_hash__.
+	InterfaceHash uint64
+	// Methods are the names registered with fidius.method by the entry
+	// module or its submodules, sorted.
+	Methods []string
+}
+
+// InspectPythonPackage imports a Python package's entry module, as
+// LoadPythonPlugin does, and reports what it declares, without checking it
+// against a descriptor. Tools use it to build a descriptor for a package
+// they know nothing about.
+func InspectPythonPackage(packageDir string) (*PackageReport, error) {
+	if err := ensureInterpreter(); err != nil {
+		return nil, err
+	}
+	dir, err := filepath.Abs(packageDir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrManifest, packageDir, err)
+	}
+	m, err := LoadManifest(dir)
+	if err != nil {
+		return nil, err
+	}
+	if rt := m.Package.RuntimeName(); rt != RuntimePython {
+		return nil, fmt.Errorf("%w: package at %s has runtime %q, not %q", ErrNotPythonRuntime, dir, rt, RuntimePython)
+	}
+	p := &plugin{dir: dir, entry: m.Python.EntryModule}
+	r := &PackageReport{Manifest: m}
+	withGIL(func() {
+		if _, err = prependSysPath(dir); err != nil {
+			return
+		}
+		mod := cpy.PyImport_ImportModule(p.entry)
+		if mod == nil {
+			err = takeImportError(p.entry)
+			return
+		}
+		defer mod.DecRef()
+		if err = p.checkLocation(mod); err != nil {
+			return
+		}
+		if r.InterfaceHash, err = readHash(mod, p.entry); err != nil {
+			return
+		}
+		entry := cpy.PyUnicode_FromString(p.entry)
+		defer entry.DecRef()
+		names := registeredNames.CallFunctionObjArgs(entry)
+		if names == nil {
+			err = fmt.Errorf("%w: listing the methods of %q: %s", ErrImportFailed, p.entry, clearError())
+			return
+		}
+		defer names.DecRef()
+		for i, n := 0, cpy.PyList_Size(names); i < n; i++ {
+			r.Methods = append(r.Methods, cpy.PyUnicode_AsUTF8(cpy.PyList_GetItem(names, i)))
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
 }
 
 // Reload imports the plugin again from disk: the entry module and every

@@ -828,3 +828,20 @@ def set(on):
 	}
 	t.Cleanup(func() { Call[bool](ctx, h, 0, was) })
 }
+
+func TestInspectPythonPackage(t *testing.T) {
+	r, err := InspectPythonPackage("examples/greeter/plugin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.InterfaceHash != 0xe59581c4ab5583dd || strings.Join(r.Methods, ",") != "fail,greet,reverse" || r.Manifest.Package.Name != "py-greeter" {
+		t.Fatalf("report %+v", r)
+	}
+	mod := moduleName(t)
+	dir := writePackage(t, mod, map[string]string{mod + ".py": "def f(): pass\n"})
+	_, err = InspectPythonPackage(dir)
+	wantErr(t, err, ErrMissingAttr, "__interface_hash__")
+	gamma := writePackage(t, "", map[string]string{"package.toml": manifestFor("gamma", "Other", "", "")})
+	_, err = InspectPythonPackage(gamma)
+	wantErr(t, err, ErrNotPythonRuntime)
+}

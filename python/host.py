@@ -99,6 +99,17 @@ def foreign_location(mod, directory):
     return locations[0] if locations else "a built-in module"
 
 
+def registered_methods(entry):
+    """Names registered with fidius.method by the entry module or its
+    submodules, sorted."""
+    fidius = importlib.import_module("fidius")
+    names = set()
+    for name in list(sys.modules):
+        if name == entry or name.startswith(entry + "."):
+            names.update(fidius.list_methods(name))
+    return sorted(names)
+
+
 def drop_modules(directory):
     """Remove every module whose file lies under directory from sys.modules.
 
