@@ -1,0 +1,403 @@
+// Command fidius-py lets Python plugin authors inspect, try, stub, sign and
+// verify a fidius package without writing a host.
+//
+//	fidius-py inspect PATH                     manifest, entry module, hash, methods
+//	fidius-py call [--raw|--stream] PATH METHOD [JSON]
+//	fidius-py stub --interface FILE.toml       print a Python module for an interface
+//	fidius-py digest PATH                      the package digest, hex
+//	fidius-py sign --key NAME.secret PATH      write PATH/package.sig
+//	fidius-py verify --key NAME.public PATH    check PATH/package.sig
+//	fidius-py keygen NAME                      write NAME.secret and NAME.public
+//
+// PATH is a package directory or a .fid archive. Keys are raw 32-byte
+// Ed25519 seeds and public keys, as fidius's own CLI writes them. Errors
+// are one line on standard error and a non-zero exit status.
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+	"github.com/fidius-go/fidius"
+)
+
+// usageError is a mistake in the command line: exit status 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+type command struct {
+	args, summary string
+	run           func(fs *flag.FlagSet, args []string, out io.Writer) error
+	flags         func(fs *flag.FlagSet)
+}
+
+var commands = map[string]command{}
+
+func init() {
+	commands["inspect"] = command{"PATH", "show a package's manifest header, entry module, __interface_hash__ and registered methods", inspect, nil}
+	commands["call"] = command{"[--raw|--stream] PATH METHOD [JSON]", "load a package and call one of its registered methods", call, func(fs *flag.FlagSet) {
+		fs.Bool("raw", false, "raw-wire call: input is JSON if given, else standard input, taken as bytes; the result is written as bytes")
+		fs.Bool("stream", false, "streaming call: print each item on its own line")
+	}}
+	commands["stub"] = command{"--interface FILE.toml", "print a Python module with __interface_hash__ and one @method stub per method", stub, func(fs *flag.FlagSet) {
+		fs.String("interface", "", "TOML file describing the interface (required)")
+	}}
+	commands["digest"] = command{"PATH", "print the package digest that signatures cover", digest, nil}
+	commands["sign"] = command{"--key NAME.secret PATH", "sign a package directory, writing package.sig", sign, func(fs *flag.FlagSet) {
+		fs.String("key", "", "secret key file, 32 bytes (required)")
+	}}
+	commands["verify"] = command{"--key NAME.public PATH", "check a package's package.sig", verify, func(fs *flag.FlagSet) {
+		fs.String("key", "", "public key file, 32 bytes (required)")
+	}}
+	commands["keygen"] = command{"NAME", "write a new key pair to NAME.secret and NAME.public", keygen, nil}
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "fidius-py: unknown command %q (see fidius-py --help)\n", args[0])
+		return 2
+	}
+	fs := flag.NewFlagSet("fidius-py "+args[0], flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	if cmd.flags != nil {
+		cmd.flags(fs)
+	}
+	// The flag package would print usage on any mistake; only help asks for it.
+	fs.Usage = func() {}
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stdout, "usage: fidius-py %s %s\n\n%s.\n", args[0], cmd.args, cmd.summary)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return 0
+		}
+		fmt.Fprintf(stderr, "fidius-py %s: %v\n", args[0], err)
+		return 2
+	}
+	if err := cmd.run(fs, fs.Args(), stdout); err != nil {
+		// One line: a Python traceback belongs to the package's author, who
+		// can get it from inspect's import error or from the host's API.
+		msg, _, _ := strings.Cut(err.Error(), "\n")
+		fmt.Fprintf(stderr, "fidius-py %s: %s\n", args[0], msg)
+		var ue usageError
+		if errors.As(err, &ue) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: fidius-py COMMAND [ARGS]\n\nCommands:")
+	for _, name := range []string{"inspect", "call", "stub", "digest", "sign", "verify", "keygen"} {
+		fmt.Fprintf(w, "  %-8s %s\n", name, commands[name].summary)
+	}
+	fmt.Fprintln(w, "\nRun fidius-py COMMAND --help for a command's arguments.")
+}
+
+func wantArgs(args []string, min, max int, names string) error {
+	if len(args) < min || len(args) > max {
+		return usageError{fmt.Sprintf("expected %s, got %d arguments", names, len(args))}
+	}
+	return nil
+}
+
+// packageDir returns the package directory for PATH, unpacking an archive
+// into a temporary directory that cleanup removes.
+func packageDir(path string) (dir string, cleanup func(), err error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", nil, err
+	}
+	if st.IsDir() {
+		return path, func() {}, nil
+	}
+	tmp, err := os.MkdirTemp("", "fidius-py-")
+	if err != nil {
+		return "", nil, err
+	}
+	dir, err = fidius.UnpackPackage(path, tmp, fidius.UnpackOptions{})
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", nil, err
+	}
+	return dir, func() { os.RemoveAll(tmp) }, nil
+}
+
+func inspect(_ *flag.FlagSet, args []string, out io.Writer) error {
+	if err := wantArgs(args, 1, 1, "PATH"); err != nil {
+		return err
+	}
+	dir, cleanup, err := packageDir(args[0])
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	m, err := fidius.LoadManifest(dir)
+	if err != nil {
+		return err
+	}
+	h := m.Package
+	fmt.Fprintf(out, "package:     %s %s\n", h.Name, h.Version)
+	fmt.Fprintf(out, "interface:   %s (version %d)\n", h.Interface, h.InterfaceVersion)
+	fmt.Fprintf(out, "runtime:     %s\n", h.RuntimeName())
+	fmt.Fprintf(out, "extension:   %s\n", h.FileExtension())
+	if m.Python == nil {
+		return nil
+	}
+	fmt.Fprintf(out, "entry:       %s\n", m.Python.EntryModule)
+	r, err := fidius.InspectPythonPackage(dir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "hash:        0x%016x\n", r.InterfaceHash)
+	fmt.Fprintf(out, "methods:     %s\n", strings.Join(r.Methods, ", "))
+	return nil
+}
+
+func call(fs *flag.FlagSet, args []string, out io.Writer) error {
+	if err := wantArgs(args, 2, 3, "PATH METHOD [JSON]"); err != nil {
+		return err
+	}
+	raw, stream := fs.Lookup("raw").Value.String() == "true", fs.Lookup("stream").Value.String() == "true"
+	if raw && stream {
+		return usageError{"--raw and --stream do not go together"}
+	}
+	dir, cleanup, err := packageDir(args[0])
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	r, err := fidius.InspectPythonPackage(dir)
+	if err != nil {
+		return err
+	}
+	method := args[1]
+	desc := &fidius.InterfaceDescriptor{InterfaceName: r.Manifest.Package.Interface, InterfaceHash: r.InterfaceHash}
+	for _, name := range r.Methods {
+		desc.Methods = append(desc.Methods, fidius.MethodDesc{Name: name, WireRaw: raw && name == method, Streaming: stream && name == method})
+	}
+	i, ok := desc.MethodIndex(method)
+	if !ok {
+		return fmt.Errorf("method %q is not registered in %s (registered: %s)", method, args[0], strings.Join(r.Methods, ", "))
+	}
+	h, err := fidius.LoadPythonPlugin(dir, desc)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	var input []byte
+	if len(args) == 3 {
+		input = []byte(args[2])
+	} else if raw {
+		if input, err = io.ReadAll(os.Stdin); err != nil {
+			return err
+		}
+	}
+	ctx := context.Background()
+	switch {
+	case raw:
+		res, err := h.CallRaw(ctx, i, input)
+		if err != nil {
+			return err
+		}
+		_, err = out.Write(res)
+		return err
+	case stream:
+		for item, err := range h.CallStream(ctx, i, input) {
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "%s\n", item)
+		}
+		return nil
+	default:
+		res, err := h.CallJSON(ctx, i, input)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s\n", res)
+		return nil
+	}
+}
+
+// interfaceFile is the TOML form stub reads.
+type interfaceFile struct {
+	Interface string `toml:"interface"`
+	Methods   []struct {
+		Name            string   `toml:"name"`
+		Args            []string `toml:"args"`
+		Returns         string   `toml:"returns"`
+		Raw             bool     `toml:"raw"`
+		Streaming       bool     `toml:"streaming"`
+		ClientStreaming bool     `toml:"client_streaming"`
+	} `toml:"methods"`
+}
+
+func stub(fs *flag.FlagSet, args []string, out io.Writer) error {
+	if err := wantArgs(args, 0, 0, "no arguments besides --interface"); err != nil {
+		return err
+	}
+	path := fs.Lookup("interface").Value.String()
+	if path == "" {
+		return usageError{"--interface FILE.toml is required"}
+	}
+	var f interfaceFile
+	md, err := toml.DecodeFile(path, &f)
+	if err != nil {
+		return fmt.Errorf("%s: %v", path, err)
+	}
+	if keys := md.Undecoded(); len(keys) > 0 {
+		return fmt.Errorf("%s: unknown key %s", path, keys[0])
+	}
+	if f.Interface == "" || len(f.Methods) == 0 {
+		return fmt.Errorf("%s: needs interface = \"Name\" and at least one [[methods]] entry", path)
+	}
+	var sigs []string
+	seen := map[string]bool{}
+	for _, m := range f.Methods {
+		if !isIdentifier(m.Name) || seen[m.Name] {
+			return fmt.Errorf("%s: method name %q is not a Python identifier, or is repeated", path, m.Name)
+		}
+		seen[m.Name] = true
+		sigs = append(sigs, fidius.SignatureString(m.Name, m.Args, m.Returns, m.Raw, m.Streaming, m.ClientStreaming))
+	}
+	fmt.Fprintf(out, "\"\"\"Plugin module for the %s interface, stubbed by fidius-py.\n\nMethod signatures, as fidius hashes them:\n\n", f.Interface)
+	for _, s := range sigs {
+		fmt.Fprintf(out, "    %s\n", s)
+	}
+	fmt.Fprintf(out, "\"\"\"\n\nfrom fidius import method\n\n__interface_hash__ = 0x%016X\n", fidius.InterfaceHash(sigs...))
+	for _, m := range f.Methods {
+		params := make([]string, len(m.Args))
+		for i := range m.Args {
+			params[i] = fmt.Sprintf("arg%d", i)
+		}
+		if m.Raw && len(params) == 1 {
+			params[0] = "data"
+		}
+		fmt.Fprintf(out, "\n\n@method\ndef %s(%s):\n    raise NotImplementedError(%q)\n", m.Name, strings.Join(params, ", "), m.Name)
+	}
+	return nil
+}
+
+func isIdentifier(s string) bool {
+	for i, r := range s {
+		if !(r == '_' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (i > 0 && r >= '0' && r <= '9')) {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func digest(_ *flag.FlagSet, args []string, out io.Writer) error {
+	if err := wantArgs(args, 1, 1, "PATH"); err != nil {
+		return err
+	}
+	dir, cleanup, err := packageDir(args[0])
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	sum, err := fidius.PackageDigest(dir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, hex.EncodeToString(sum[:]))
+	return nil
+}
+
+func readKey(fs *flag.FlagSet) ([]byte, error) {
+	path := fs.Lookup("key").Value.String()
+	if path == "" {
+		return nil, usageError{"--key is required"}
+	}
+	key, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(key) != 32 {
+		return nil, fmt.Errorf("%s: a key file holds 32 bytes, this one %d", path, len(key))
+	}
+	return key, nil
+}
+
+func sign(fs *flag.FlagSet, args []string, out io.Writer) error {
+	if err := wantArgs(args, 1, 1, "PATH"); err != nil {
+		return err
+	}
+	seed, err := readKey(fs)
+	if err != nil {
+		return err
+	}
+	if st, err := os.Stat(args[0]); err != nil || !st.IsDir() {
+		return fmt.Errorf("%s: sign takes a package directory", args[0])
+	}
+	if err := fidius.SignPackage(args[0], ed25519.NewKeyFromSeed(seed)); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "signed %s: %s\n", args[0], filepath.Join(args[0], "package.sig"))
+	return nil
+}
+
+func verify(fs *flag.FlagSet, args []string, out io.Writer) error {
+	if err := wantArgs(args, 1, 1, "PATH"); err != nil {
+		return err
+	}
+	pub, err := readKey(fs)
+	if err != nil {
+		return err
+	}
+	dir, cleanup, err := packageDir(args[0])
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	if err := fidius.VerifyPackage(dir, []ed25519.PublicKey{pub}); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "signature valid: %s\n", args[0])
+	return nil
+}
+
+func keygen(_ *flag.FlagSet, args []string, out io.Writer) error {
+	if err := wantArgs(args, 1, 1, "NAME"); err != nil {
+		return err
+	}
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return err
+	}
+	secret, public := args[0]+".secret", args[0]+".public"
+	if err := os.WriteFile(secret, priv.Seed(), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(public, pub, 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "secret key: %s\npublic key: %s\n", secret, public)
+	return nil
+}

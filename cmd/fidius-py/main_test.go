@@ -1,0 +1,273 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/ed25519"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dsnet/compress/bzip2"
+	"github.com/fidius-go/fidius"
+)
+
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "fidius-py-test")
+	if err != nil {
+		panic(err)
+	}
+	bin = filepath.Join(dir, "fidius-py")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		panic(string(out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// cli runs the built binary and returns stdout, stderr and the exit code.
+func cli(t *testing.T, stdin string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// oneLineError checks a failure: non-zero exit, nothing on stdout, one line
+// on stderr mentioning each fragment.
+func oneLineError(t *testing.T, stdout, stderr string, code int, fragments ...string) {
+	t.Helper()
+	if code == 0 || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.HasPrefix(stderr, "fidius-py") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	for _, f := range fragments {
+		if !strings.Contains(stderr, f) {
+			t.Errorf("stderr %q does not mention %q", stderr, f)
+		}
+	}
+}
+
+const example = "../../examples/greeter/plugin"
+
+func copyExample(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range []string{"package.toml", "example_greeter.py"} {
+		b, err := os.ReadFile(filepath.Join(example, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, name), b, 0o644)
+	}
+	return dir
+}
+
+func TestHelp(t *testing.T) {
+	out, _, code := cli(t, "", "--help")
+	if code != 0 || !strings.Contains(out, "inspect") || !strings.Contains(out, "keygen") {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	for name, c := range commands {
+		out, errs, code := cli(t, "", name, "--help")
+		if code != 0 || errs != "" || !strings.Contains(out, "usage: fidius-py "+name+" "+c.args) {
+			t.Errorf("%s --help: exit %d, %q %q", name, code, out, errs)
+		}
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	cases := [][]string{
+		{"frobnicate"},
+		{"inspect"},
+		{"inspect", "a", "b"},
+		{"inspect", "/no/such/package"},
+		{"call", example},
+		{"call", "--raw", "--stream", example, "greet"},
+		{"call", "--bogus", example, "greet"},
+		{"stub"},
+		{"sign", example},
+		{"verify", "--key", "/no/such/key", example},
+		{"keygen"},
+		{"digest", "/no/such/dir"},
+	}
+	for _, args := range cases {
+		out, errs, code := cli(t, "", args...)
+		oneLineError(t, out, errs, code)
+	}
+	out, _, code := cli(t, "")
+	if code != 2 || !strings.Contains(out, "usage") {
+		t.Fatalf("no arguments: exit %d, %q", code, out)
+	}
+}
+
+func TestInspect(t *testing.T) {
+	out, errs, code := cli(t, "", "inspect", example)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{"package:     py-greeter 0.1.0", "interface:   Greeter (version 1)", "runtime:     python",
+		"entry:       example_greeter", "hash:        0xe59581c4ab5583dd", "methods:     fail, greet, reverse"} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("inspect output lacks %q:\n%s", want, out)
+		}
+	}
+	// From an archive of the same package.
+	archive := writeArchive(t, copyExample(t))
+	if out2, errs, code := cli(t, "", "inspect", archive); code != 0 || out2 != out {
+		t.Fatalf("archive: exit %d %s\n%s", code, errs, out2)
+	}
+}
+
+func TestCall(t *testing.T) {
+	out, errs, code := cli(t, "", "call", example, "greet", `["World"]`)
+	if code != 0 || out != "\"Hello, World!\"\n" {
+		t.Fatalf("exit %d: %q %q", code, out, errs)
+	}
+	out, errs, code = cli(t, "", "call", example, "fail")
+	oneLineError(t, out, errs, code, "BAD_INPUT", "deliberate failure")
+	out, errs, code = cli(t, "", "call", example, "wave")
+	oneLineError(t, out, errs, code, `"wave"`, "fail, greet, reverse")
+	out, errs, code = cli(t, "", "call", example, "greet", `["unterminated`)
+	oneLineError(t, out, errs, code, "cannot decode call input")
+	out, errs, code = cli(t, "stressed", "call", "--raw", example, "reverse")
+	if code != 0 || out != "desserts" {
+		t.Fatalf("raw from stdin: exit %d: %q %q", code, out, errs)
+	}
+	out, errs, code = cli(t, "", "call", "--raw", example, "reverse", "abc")
+	if code != 0 || out != "cba" {
+		t.Fatalf("raw from the argument: exit %d: %q %q", code, out, errs)
+	}
+	ticker := "../../testdata/ticker"
+	out, errs, code = cli(t, "", "call", "--stream", ticker, "ticks", "[3]")
+	if code != 0 || out != "0\n1\n2\n" {
+		t.Fatalf("stream: exit %d: %q %q", code, out, errs)
+	}
+}
+
+func TestStub(t *testing.T) {
+	dir := t.TempDir()
+	iface := filepath.Join(dir, "greeter.toml")
+	os.WriteFile(iface, []byte(`interface = "Greeter"
+
+[[methods]]
+name = "greet"
+args = ["String"]
+returns = "String"
+
+[[methods]]
+name = "reverse"
+args = ["Vec < u8 >"]
+returns = "Vec < u8 >"
+raw = true
+
+[[methods]]
+name = "fail"
+returns = "String"
+`), 0o644)
+	out, errs, code := cli(t, "", "stub", "--interface", iface)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{"__interface_hash__ = 0xE59581C4AB5583DD", "def greet(arg0):", "def reverse(data):", "def fail():", "reverse:Vec < u8 >->Vec < u8 >!raw"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stub lacks %q:\n%s", want, out)
+		}
+	}
+	// The stub is a plugin module the library loads.
+	pkg := copyExample(t)
+	os.WriteFile(filepath.Join(pkg, "package.toml"), []byte(strings.Replace(mustRead(t, filepath.Join(pkg, "package.toml")), "example_greeter", "stubbed_greeter", 1)), 0o644)
+	os.WriteFile(filepath.Join(pkg, "stubbed_greeter.py"), []byte(out), 0o644)
+	if out, errs, code := cli(t, "", "call", pkg, "greet", `["x"]`); code == 0 || !strings.Contains(errs, "NotImplementedError") {
+		t.Fatalf("calling a stub: exit %d %q %q", code, out, errs)
+	}
+	os.WriteFile(iface, []byte("interface = \"X\"\n[[methods]]\nname = \"a-b\"\n"), 0o644)
+	out, errs, code = cli(t, "", "stub", "--interface", iface)
+	oneLineError(t, out, errs, code, `"a-b"`)
+	os.WriteFile(iface, []byte("interface = \"X\"\n[[methods]]\nname = \"a\"\nargz = []\n"), 0o644)
+	out, errs, code = cli(t, "", "stub", "--interface", iface)
+	oneLineError(t, out, errs, code, "argz")
+}
+
+func mustRead(t *testing.T, path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestKeysSignVerifyDigest(t *testing.T) {
+	dir := t.TempDir()
+	name := filepath.Join(dir, "alice")
+	if out, errs, code := cli(t, "", "keygen", name); code != 0 || !strings.Contains(out, name+".secret") {
+		t.Fatalf("keygen: exit %d %q %q", code, out, errs)
+	}
+	secret, public := mustRead(t, name+".secret"), mustRead(t, name+".public")
+	if len(secret) != 32 || len(public) != 32 {
+		t.Fatalf("key sizes %d %d", len(secret), len(public))
+	}
+	if st, _ := os.Stat(name + ".secret"); st.Mode().Perm() != 0o600 {
+		t.Fatalf("secret key mode %v", st.Mode().Perm())
+	}
+	if !ed25519.PublicKey(public).Equal(ed25519.NewKeyFromSeed([]byte(secret)).Public()) {
+		t.Fatal("the public key does not belong to the secret key")
+	}
+
+	pkg := copyExample(t)
+	out, errs, code := cli(t, "", "digest", pkg)
+	sum, _ := fidius.PackageDigest(pkg)
+	if code != 0 || out != hex.EncodeToString(sum[:])+"\n" {
+		t.Fatalf("digest: exit %d %q %q", code, out, errs)
+	}
+	out, errs, code = cli(t, "", "verify", "--key", name+".public", pkg)
+	oneLineError(t, out, errs, code, "not signed")
+	if out, errs, code := cli(t, "", "sign", "--key", name+".secret", pkg); code != 0 {
+		t.Fatalf("sign: exit %d %q %q", code, out, errs)
+	}
+	if out, errs, code := cli(t, "", "verify", "--key", name+".public", pkg); code != 0 || !strings.Contains(out, "signature valid") {
+		t.Fatalf("verify: exit %d %q %q", code, out, errs)
+	}
+	// Archives of signed packages verify too.
+	if out, errs, code := cli(t, "", "verify", "--key", name+".public", writeArchive(t, pkg)); code != 0 {
+		t.Fatalf("verify archive: exit %d %q %q", code, out, errs)
+	}
+	os.WriteFile(filepath.Join(pkg, "example_greeter.py"), []byte("tampered\n"), 0o644)
+	out, errs, code = cli(t, "", "verify", "--key", name+".public", pkg)
+	oneLineError(t, out, errs, code, "invalid")
+	out, errs, code = cli(t, "", "sign", "--key", name+".public.bad", pkg)
+	oneLineError(t, out, errs, code)
+}
+
+// writeArchive packs dir as a .fid archive holding pkg-0.1.0/.
+func writeArchive(t *testing.T, dir string) string {
+	t.Helper()
+	var buf bytes.Buffer
+	bz, _ := bzip2.NewWriter(&buf, nil)
+	tw := tar.NewWriter(bz)
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
+		tw.WriteHeader(&tar.Header{Name: "pkg-0.1.0/" + e.Name(), Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg})
+		tw.Write(b)
+	}
+	tw.Close()
+	bz.Close()
+	path := filepath.Join(t.TempDir(), "pkg.fid")
+	os.WriteFile(path, buf.Bytes(), 0o644)
+	return path
+}
