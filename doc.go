@@ -11,6 +11,12 @@
 // CallStream; LoadPythonPluginConfigured makes configured instances; Reload
 // picks up edits to a loaded plugin.
 //
+// Packages also come as .fid archives (UnpackPackage, with limits that make
+// untrusted archives safe) and may be signed (PackageDigest, SignPackage,
+// VerifyPackage, compatible with fidius). A Host finds packages by name in
+// search paths of directories and archives. The fidius-py command
+// (cmd/fidius-py) inspects, calls, stubs, signs and verifies packages.
+//
 // Every call takes a context. A context that ends while Python runs the
 // call interrupts it at the next bytecode boundary (not inside a blocking
 // C function), and the call returns the context's error.

@@ -34,6 +34,7 @@ import (
 // usageError is a mistake in the command line: exit status 2.
 type usageError struct{ msg string }
 
+// Error returns the message.
 func (e usageError) Error() string { return e.msg }
 
 type command struct {
