@@ -90,19 +90,9 @@ func load(packageDir string, desc *InterfaceDescriptor, config []byte, opts []Op
 	if desc == nil {
 		return nil, errors.New("fidius: nil interface descriptor")
 	}
-	if err := ensureInterpreter(); err != nil {
-		return nil, err
-	}
-	dir, err := filepath.Abs(packageDir)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrManifest, packageDir, err)
-	}
-	m, err := LoadManifest(dir)
+	dir, m, err := openPythonPackage(packageDir)
 	if err != nil {
 		return nil, err
-	}
-	if rt := m.Package.RuntimeName(); rt != RuntimePython {
-		return nil, fmt.Errorf("%w: package at %s has runtime %q, not %q", ErrNotPythonRuntime, dir, rt, RuntimePython)
 	}
 	p := &plugin{dir: dir, entry: m.Python.EntryModule, desc: desc, config: config, logger: o.logger}
 
@@ -128,6 +118,26 @@ func load(packageDir string, desc *InterfaceDescriptor, config []byte, opts []Op
 		zap.String("interface", desc.InterfaceName),
 		zap.String("entry_module", p.entry))
 	return newHandle(p, tab), nil
+}
+
+// openPythonPackage starts the interpreter if needed and reads the
+// manifest of a Python package, returning its absolute directory.
+func openPythonPackage(packageDir string) (string, *Manifest, error) {
+	if err := ensureInterpreter(); err != nil {
+		return "", nil, err
+	}
+	dir, err := filepath.Abs(packageDir)
+	if err != nil {
+		return "", nil, fmt.Errorf("%w: %s: %v", ErrManifest, packageDir, err)
+	}
+	m, err := LoadManifest(dir)
+	if err != nil {
+		return "", nil, err
+	}
+	if rt := m.Package.RuntimeName(); rt != RuntimePython {
+		return "", nil, fmt.Errorf("%w: package at %s has runtime %q, not %q", ErrNotPythonRuntime, dir, rt, RuntimePython)
+	}
+	return dir, m, nil
 }
 
 // importTable imports the entry module, checks its hash, configures it if
@@ -279,19 +289,9 @@ type PackageReport struct {
 // against a descriptor. Tools use it to build a descriptor for a package
 // they know nothing about.
 func InspectPythonPackage(packageDir string) (*PackageReport, error) {
-	if err := ensureInterpreter(); err != nil {
-		return nil, err
-	}
-	dir, err := filepath.Abs(packageDir)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrManifest, packageDir, err)
-	}
-	m, err := LoadManifest(dir)
+	dir, m, err := openPythonPackage(packageDir)
 	if err != nil {
 		return nil, err
-	}
-	if rt := m.Package.RuntimeName(); rt != RuntimePython {
-		return nil, fmt.Errorf("%w: package at %s has runtime %q, not %q", ErrNotPythonRuntime, dir, rt, RuntimePython)
 	}
 	p := &plugin{dir: dir, entry: m.Python.EntryModule}
 	r := &PackageReport{Manifest: m}

@@ -149,11 +149,16 @@ func packageDir(path string) (dir string, cleanup func(), err error) {
 	return dir, func() { os.RemoveAll(tmp) }, nil
 }
 
-func inspect(_ *flag.FlagSet, args []string, out io.Writer) error {
+// onePackage takes the single PATH argument of a command.
+func onePackage(args []string) (string, func(), error) {
 	if err := wantArgs(args, 1, 1, "PATH"); err != nil {
-		return err
+		return "", nil, err
 	}
-	dir, cleanup, err := packageDir(args[0])
+	return packageDir(args[0])
+}
+
+func inspect(_ *flag.FlagSet, args []string, out io.Writer) error {
+	dir, cleanup, err := onePackage(args)
 	if err != nil {
 		return err
 	}
@@ -315,10 +320,7 @@ func isIdentifier(s string) bool {
 }
 
 func digest(_ *flag.FlagSet, args []string, out io.Writer) error {
-	if err := wantArgs(args, 1, 1, "PATH"); err != nil {
-		return err
-	}
-	dir, cleanup, err := packageDir(args[0])
+	dir, cleanup, err := onePackage(args)
 	if err != nil {
 		return err
 	}
@@ -365,14 +367,11 @@ func sign(fs *flag.FlagSet, args []string, out io.Writer) error {
 }
 
 func verify(fs *flag.FlagSet, args []string, out io.Writer) error {
-	if err := wantArgs(args, 1, 1, "PATH"); err != nil {
-		return err
-	}
 	pub, err := readKey(fs)
 	if err != nil {
 		return err
 	}
-	dir, cleanup, err := packageDir(args[0])
+	dir, cleanup, err := onePackage(args)
 	if err != nil {
 		return err
 	}
