@@ -208,7 +208,8 @@ func positioned(path string, data []byte, err error) string {
 		msg = m[2] + ": " + m[3]
 	}
 	if errors.As(err, &perr) {
-		off := min(perr.Position.Start, len(data))
+		// The parser reports -1 when it failed before reading a byte.
+		off := max(0, min(perr.Position.Start, len(data)))
 		line, col = perr.Position.Line, off-bytes.LastIndexByte(data[:off], '\n')
 	}
 	if line == 0 {

@@ -63,3 +63,9 @@ func TestDecodeMetadata(t *testing.T) {
 	}
 	wantErr(t, err, ErrManifest, "[metadata]", "package.toml")
 }
+
+func TestManifestErrorBeforeFirstByte(t *testing.T) {
+	// Found by FuzzManifest: the parser reports offset -1.
+	_, err := parseManifest("package.toml", []byte("\x1c"))
+	wantErr(t, err, ErrManifest, "package.toml:1:1:")
+}
