@@ -74,13 +74,11 @@ int fidius_start(void) {
 		// Another part of the process started Python. Take a thread state
 		// the PyGILState way and keep it: its counter never drops to zero.
 		PyGILState_Ensure();
-		interp = PyInterpreterState_Main();
-		tls_ts = PyThreadState_Get();
 	} else {
 		Py_InitializeEx(0);
-		interp = PyInterpreterState_Main();
-		tls_ts = PyThreadState_Get();
 	}
+	interp = PyInterpreterState_Main();
+	tls_ts = PyThreadState_Get();
 	if (pthread_key_create(&ts_key, ts_destroy) != 0)
 		return -1;
 	return 0;
@@ -101,11 +99,13 @@ void fidius_gil_acquire(void) {
 
 void fidius_gil_release(void) { PyEval_SaveThread(); }
 
-void fidius_set_helpers(PyObject *describe, PyObject *fields) {
-	Py_XINCREF(describe);
-	Py_XINCREF(fields);
+void fidius_set_helpers(PyObject *describe, PyObject *fields, PyObject *cancel) {
+	Py_INCREF(describe);
+	Py_INCREF(fields);
+	Py_INCREF(cancel);
 	describe_fn = describe;
 	fidius_fields_fn = fields;
+	cancel_type = cancel;
 }
 
 // fidius_exec_bootstrap runs the host's private Python helpers in a module
@@ -159,11 +159,6 @@ void fidius_slot_swap(fidius_slot *s, fidius_table *t) {
 	fidius_table *old = s->tab;
 	s->tab = t;
 	fidius_table_free(old);
-}
-
-void fidius_set_cancel_type(PyObject *type) {
-	Py_XINCREF(type);
-	cancel_type = type;
 }
 
 static void put_bytes_obj(fidius_buf *b, PyObject *o, size_t *n) {
@@ -220,9 +215,9 @@ static void describe_error(fidius_result *r, int structured) {
 	r->len = b->len;
 }
 
-fidius_result fidius_take_error(int structured) {
+fidius_result fidius_take_error(void) {
 	fidius_result r = {0};
-	describe_error(&r, structured);
+	describe_error(&r, 0);
 	return r;
 }
 
@@ -259,14 +254,8 @@ static void message_error(fidius_result *r, int status, const char *msg) {
 PyObject *fidius_decode_value(const char *in, size_t n, fidius_result *r) {
 	char err[256];
 	PyObject *o = fidius_json_decode(in, n, err, sizeof err);
-	if (o == NULL) {
-		fidius_buf *b = &tls_buf;
-		b->len = 0;
-		fidius_buf_put(b, err, strlen(err));
-		r->status = FIDIUS_INPUT;
-		r->data = b->p;
-		r->len = b->len;
-	}
+	if (o == NULL)
+		message_error(r, FIDIUS_INPUT, err); // the decoder leaves no exception set
 	return o;
 }
 

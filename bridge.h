@@ -66,8 +66,10 @@ int fidius_start(void);          // Py_InitializeEx(0) once; returns with the GI
 void fidius_gil_acquire(void);   // takes the GIL with this OS thread's kept thread state
 void fidius_gil_release(void);
 
-// Helpers from the bootstrap module, set once at start-up (GIL held).
-void fidius_set_helpers(PyObject *describe, PyObject *fields);
+// Helpers from the bootstrap module, set once at start-up (GIL held): the
+// exception describer, the dataclass field lister, and the exception type
+// raised into interrupted calls.
+void fidius_set_helpers(PyObject *describe, PyObject *fields, PyObject *cancel);
 PyObject *fidius_exec_bootstrap(const char *src, const char *filename);
 
 // Dispatch: one crossing each; they take and release the GIL themselves.
@@ -87,7 +89,6 @@ void fidius_stream_close(PyObject *it);
 
 // Interrupts the call ctl belongs to; returns 0 once it has ended.
 int fidius_interrupt(fidius_ctl *ctl);
-void fidius_set_cancel_type(PyObject *type);
 
 // Tables and slots (GIL held by the caller).
 fidius_table *fidius_table_new(Py_ssize_t n, PyObject *owner);
@@ -95,12 +96,12 @@ void fidius_table_set(fidius_table *t, Py_ssize_t i, PyObject *fn);
 void fidius_table_free(fidius_table *t);
 void fidius_slot_swap(fidius_slot *s, fidius_table *t);   // frees the old table; t may be NULL
 
-// Errors outside dispatch (GIL held): describes the pending exception into
-// the thread's buffer, as for FIDIUS_PLUGIN. structured=0 ignores
-// fidius.PluginError fields and always reports the class name.
-fidius_result fidius_take_error(int structured);
+// Errors outside dispatch (GIL held): describes and clears the pending
+// exception into the thread's buffer, as for FIDIUS_PLUGIN, with the class
+// name as the code (fidius.PluginError fields are a call's business).
+fidius_result fidius_take_error(void);
 
-// JSON codec (GIL held). Exposed for tests and the loader.
+// JSON codec (GIL held), used by dispatch and the loader.
 PyObject *fidius_json_decode(const char *in, size_t n, char *err, size_t errlen);
 // fidius_decode_value decodes JSON into a new reference; NULL with
 // FIDIUS_INPUT in *r (message in the thread buffer) on bad input.

@@ -77,24 +77,28 @@ func startInterpreter() error {
 	}
 	defer mod.DecRef()
 
-	describe := mod.GetAttrString("describe")
-	fields := mod.GetAttrString("field_names")
-	install := mod.GetAttrString("install_sdk")
-	cancelled := mod.GetAttrString("CallCancelled")
-	dropModules = mod.GetAttrString("drop_modules")
-	restoreModules = mod.GetAttrString("restore_modules")
-	foreignLocation = mod.GetAttrString("foreign_location")
-	ensureSDK = mod.GetAttrString("ensure_sdk")
-	registeredNames = mod.GetAttrString("registered_methods")
-	defer describe.DecRef()
-	defer fields.DecRef()
-	defer install.DecRef()
-	defer cancelled.DecRef()
-	if describe == nil || fields == nil || install == nil || cancelled == nil || dropModules == nil || restoreModules == nil || foreignLocation == nil || ensureSDK == nil || registeredNames == nil {
-		return takeImportError("<fidius-go>/host.py")
+	// The helpers C needs are borrowed for the call that hands them over;
+	// the ones Go calls are kept for the life of the process.
+	var describe, fields, install, cancelled *cpy.PyObject
+	defer func() {
+		describe.DecRef() // nil-safe: a lookup may have failed
+		fields.DecRef()
+		install.DecRef()
+		cancelled.DecRef()
+	}()
+	for _, h := range []struct {
+		name string
+		dst  **cpy.PyObject
+	}{
+		{"describe", &describe}, {"field_names", &fields}, {"install_sdk", &install}, {"CallCancelled", &cancelled},
+		{"drop_modules", &dropModules}, {"restore_modules", &restoreModules}, {"foreign_location", &foreignLocation},
+		{"ensure_sdk", &ensureSDK}, {"registered_methods", &registeredNames},
+	} {
+		if *h.dst = mod.GetAttrString(h.name); *h.dst == nil {
+			return takeImportError("<fidius-go>/host.py")
+		}
 	}
-	C.fidius_set_helpers(toC(describe), toC(fields))
-	C.fidius_set_cancel_type(toC(cancelled))
+	C.fidius_set_helpers(toC(describe), toC(fields), toC(cancelled))
 
 	sources, err := sdkSources()
 	if err != nil {
@@ -198,7 +202,7 @@ func readException(r C.fidius_result) pyException {
 // takeImportError clears the pending Python exception and returns it as an
 // *ImportError for module. GIL held.
 func takeImportError(module string) *ImportError {
-	e := readException(C.fidius_take_error(0))
+	e := readException(C.fidius_take_error())
 	var d struct {
 		Traceback string `json:"traceback"`
 	}
@@ -209,6 +213,6 @@ func takeImportError(module string) *ImportError {
 // clearError discards the pending Python exception and returns its
 // "Type: message" text. GIL held.
 func clearError() string {
-	e := readException(C.fidius_take_error(0))
+	e := readException(C.fidius_take_error())
 	return e.code + ": " + e.message
 }
