@@ -140,23 +140,39 @@ func openPythonPackage(packageDir string) (string, *Manifest, error) {
 	return dir, m, nil
 }
 
-// importTable imports the entry module, checks its hash, configures it if
-// the plugin is configured, and resolves the descriptor's methods. GIL held.
-func (p *plugin) importTable() (*C.fidius_table, error) {
-	// A plugin may have removed the embedded SDK's finder.
-	if res := ensureSDK.CallFunctionObjArgs(); res != nil {
-		res.DecRef()
-	} else {
-		clearError()
-	}
+// importEntry imports the entry module and makes sure it is the
+// package's own. GIL held.
+func (p *plugin) importEntry() (*cpy.PyObject, error) {
+	callHelper(ensureSDK) // a plugin may have removed the embedded SDK's finder
 	mod := cpy.PyImport_ImportModule(p.entry)
 	if mod == nil {
 		return nil, takeImportError(p.entry)
 	}
-	defer mod.DecRef()
 	if err := p.checkLocation(mod); err != nil {
+		mod.DecRef()
 		return nil, err
 	}
+	return mod, nil
+}
+
+// callHelper calls one of host.py's helpers for its effect, dropping the
+// result or the exception. GIL held.
+func callHelper(fn *cpy.PyObject, args ...*cpy.PyObject) {
+	if res := fn.CallFunctionObjArgs(args...); res != nil {
+		res.DecRef()
+	} else {
+		clearError()
+	}
+}
+
+// importTable imports the entry module, checks its hash, configures it if
+// the plugin is configured, and resolves the descriptor's methods. GIL held.
+func (p *plugin) importTable() (*C.fidius_table, error) {
+	mod, err := p.importEntry()
+	if err != nil {
+		return nil, err
+	}
+	defer mod.DecRef()
 	if err := checkHash(mod, p.entry, p.desc); err != nil {
 		return nil, err
 	}
@@ -181,17 +197,15 @@ func (p *plugin) importTable() (*C.fidius_table, error) {
 			return nil, fmt.Errorf("%w: method %q of interface %q is not defined in module %q",
 				ErrMethodNotRegistered, md.Name, p.desc.InterfaceName, p.entry)
 		}
-		callable := cpy.PyCallable_Check(fn)
-		if callable {
-			C.fidius_table_set(tab, C.Py_ssize_t(i), toC(fn))
-		}
-		what := typeName(fn)
-		fn.DecRef()
-		if !callable {
+		if !cpy.PyCallable_Check(fn) {
+			what := typeName(fn)
+			fn.DecRef()
 			C.fidius_table_free(tab)
 			return nil, fmt.Errorf("%w: method %q of interface %q in module %q is not callable (it is a %s)",
 				ErrMethodNotRegistered, md.Name, p.desc.InterfaceName, p.entry, what)
 		}
+		C.fidius_table_set(tab, C.Py_ssize_t(i), toC(fn))
+		fn.DecRef()
 	}
 	return tab, nil
 }
@@ -207,7 +221,7 @@ func (p *plugin) configure(mod *cpy.PyObject) (*cpy.PyObject, error) {
 	}
 	defer fn.DecRef()
 	var r C.fidius_result
-	arg := fromC(C.fidius_decode_value((*C.char)(bytesPtr(p.config)), C.size_t(len(p.config)), &r))
+	arg := fromC(C.fidius_decode_value(bytesPtr(p.config), C.size_t(len(p.config)), &r))
 	if arg == nil {
 		return nil, fmt.Errorf("%w: config: %s", ErrInputDecode, C.GoStringN(r.data, C.int(r.len)))
 	}
@@ -299,15 +313,11 @@ func InspectPythonPackage(packageDir string) (*PackageReport, error) {
 		if _, err = prependSysPath(dir); err != nil {
 			return
 		}
-		mod := cpy.PyImport_ImportModule(p.entry)
-		if mod == nil {
-			err = takeImportError(p.entry)
+		var mod *cpy.PyObject
+		if mod, err = p.importEntry(); err != nil {
 			return
 		}
 		defer mod.DecRef()
-		if err = p.checkLocation(mod); err != nil {
-			return
-		}
 		if r.InterfaceHash, err = readHash(mod, p.entry); err != nil {
 			return
 		}
@@ -356,11 +366,7 @@ func (h *PluginHandle) Reload() error {
 		var tab *C.fidius_table
 		tab, err = p.importTable()
 		if err != nil {
-			if res := restoreModules.CallFunctionObjArgs(dir, saved); res != nil {
-				res.DecRef()
-			} else {
-				clearError()
-			}
+			callHelper(restoreModules, dir, saved)
 			return
 		}
 		if h.closed.Load() {
