@@ -17,29 +17,6 @@ import (
 	"strings"
 )
 
-// Archive rejections, one kind each. Every one is also an ErrArchive.
-var (
-	// ErrArchive reports an archive that cannot be unpacked: unreadable,
-	// not bzip2 or tar, without a package.toml, or rejected by one of the
-	// kinds below.
-	ErrArchive = errors.New("invalid package archive")
-	// ErrArchivePathTraversal reports an entry with a ".." component.
-	ErrArchivePathTraversal = errors.New("archive entry escapes the destination")
-	// ErrArchiveAbsolutePath reports an entry with an absolute path.
-	ErrArchiveAbsolutePath = errors.New("archive entry has an absolute path")
-	// ErrArchiveSymlink reports a symbolic link entry.
-	ErrArchiveSymlink = errors.New("archive entry is a symbolic link")
-	// ErrArchiveHardlink reports a hard link entry.
-	ErrArchiveHardlink = errors.New("archive entry is a hard link")
-	// ErrArchiveTooLarge reports entries whose sizes add up past MaxSize.
-	ErrArchiveTooLarge = errors.New("archive unpacks to more than its size limit")
-	// ErrArchiveRatio reports entries whose sizes add up past MaxRatio
-	// times the archive's compressed size.
-	ErrArchiveRatio = errors.New("archive unpacks to more than its ratio limit")
-	// ErrArchiveTooManyEntries reports more entries than MaxEntries.
-	ErrArchiveTooManyEntries = errors.New("archive has more entries than its limit")
-)
-
 // UnpackOptions limits what UnpackPackage accepts. A zero field takes the
 // default, the same as fidius's.
 type UnpackOptions struct {

@@ -15,9 +15,6 @@ import (
 	"strings"
 )
 
-// ErrPackageNotFound reports a package name that no search path holds.
-var ErrPackageNotFound = errors.New("package not found")
-
 // Host finds plugin packages in its search paths and loads the Python ones.
 // A search path is a directory whose entries may be package directories
 // (holding a package.toml) and .fid archives. The zero value of every

@@ -53,6 +53,42 @@ var (
 	ErrClosed = errors.New("plugin handle is closed")
 )
 
+// Archive rejections, one kind each. Every one is also an ErrArchive.
+var (
+	// ErrArchive reports an archive that cannot be unpacked: unreadable,
+	// not bzip2 or tar, without a package.toml, or rejected by one of the
+	// kinds below.
+	ErrArchive = errors.New("invalid package archive")
+	// ErrArchivePathTraversal reports an entry with a ".." component.
+	ErrArchivePathTraversal = errors.New("archive entry escapes the destination")
+	// ErrArchiveAbsolutePath reports an entry with an absolute path.
+	ErrArchiveAbsolutePath = errors.New("archive entry has an absolute path")
+	// ErrArchiveSymlink reports a symbolic link entry.
+	ErrArchiveSymlink = errors.New("archive entry is a symbolic link")
+	// ErrArchiveHardlink reports a hard link entry.
+	ErrArchiveHardlink = errors.New("archive entry is a hard link")
+	// ErrArchiveTooLarge reports entries whose sizes add up past MaxSize.
+	ErrArchiveTooLarge = errors.New("archive unpacks to more than its size limit")
+	// ErrArchiveRatio reports entries whose sizes add up past MaxRatio
+	// times the archive's compressed size.
+	ErrArchiveRatio = errors.New("archive unpacks to more than its ratio limit")
+	// ErrArchiveTooManyEntries reports more entries than MaxEntries.
+	ErrArchiveTooManyEntries = errors.New("archive has more entries than its limit")
+)
+
+// Signature errors.
+var (
+	// ErrSignatureMissing reports a package without package.sig.
+	ErrSignatureMissing = errors.New("package is not signed")
+	// ErrSignatureInvalid reports a package.sig that no trusted key
+	// verifies: the package changed since it was signed, or was signed by
+	// another key.
+	ErrSignatureInvalid = errors.New("package signature is invalid")
+)
+
+// ErrPackageNotFound reports a package name that no Host search path holds.
+var ErrPackageNotFound = errors.New("package not found")
+
 // PluginError is an exception raised by plugin code. A fidius.PluginError
 // arrives with its code, message and details as raised; any other exception
 // has its class name as Code, str(exc) as Message and

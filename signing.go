@@ -17,16 +17,6 @@ import (
 	"strings"
 )
 
-// Signature errors.
-var (
-	// ErrSignatureMissing reports a package without package.sig.
-	ErrSignatureMissing = errors.New("package is not signed")
-	// ErrSignatureInvalid reports a package.sig that no trusted key
-	// verifies: the package changed since it was signed, or was signed by
-	// another key.
-	ErrSignatureInvalid = errors.New("package signature is invalid")
-)
-
 // PackageDigest returns the SHA-256 digest fidius signs: over every file
 // under dir except those in directories named "target" or ".git" and those
 // ending in ".sig", in order of their slash-separated relative paths, it

@@ -5,6 +5,7 @@
 
 import dataclasses
 import importlib
+import importlib.util
 import os
 import sys
 import traceback
@@ -13,6 +14,7 @@ _extract_tb = traceback.extract_tb
 _from_list = traceback.StackSummary.from_list
 _format_only = traceback.format_exception_only
 _fields = dataclasses.fields
+_spec_from_loader = importlib.util.spec_from_loader
 _field_cache = {}
 
 
@@ -154,9 +156,7 @@ class _EmbeddedSDK:
         entry = self._sources.get(fullname)
         if entry is None:
             return None
-        import importlib.util
-
-        return importlib.util.spec_from_loader(
+        return _spec_from_loader(
             fullname, self, origin="<fidius-go>/" + fullname.replace(".", "/") + ".py", is_package=entry[0]
         )
 
