@@ -120,6 +120,11 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "\nRun fidius-py COMMAND --help for a command's arguments.")
 }
 
+// flagValue returns the value of a flag the command defined.
+func flagValue[T any](fs *flag.FlagSet, name string) T {
+	return fs.Lookup(name).Value.(flag.Getter).Get().(T)
+}
+
 func wantArgs(args []string, min, max int, names string) error {
 	if len(args) < min || len(args) > max {
 		return usageError{fmt.Sprintf("expected %s, got %d arguments", names, len(args))}
@@ -189,7 +194,7 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 	if err := wantArgs(args, 2, 3, "PATH METHOD [JSON]"); err != nil {
 		return err
 	}
-	raw, stream := fs.Lookup("raw").Value.String() == "true", fs.Lookup("stream").Value.String() == "true"
+	raw, stream := flagValue[bool](fs, "raw"), flagValue[bool](fs, "stream")
 	if raw && stream {
 		return usageError{"--raw and --stream do not go together"}
 	}
@@ -268,7 +273,7 @@ func stub(fs *flag.FlagSet, args []string, out io.Writer) error {
 	if err := wantArgs(args, 0, 0, "no arguments besides --interface"); err != nil {
 		return err
 	}
-	path := fs.Lookup("interface").Value.String()
+	path := flagValue[string](fs, "interface")
 	if path == "" {
 		return usageError{"--interface FILE.toml is required"}
 	}
@@ -334,7 +339,7 @@ func digest(_ *flag.FlagSet, args []string, out io.Writer) error {
 }
 
 func readKey(fs *flag.FlagSet) ([]byte, error) {
-	path := fs.Lookup("key").Value.String()
+	path := flagValue[string](fs, "key")
 	if path == "" {
 		return nil, usageError{"--key is required"}
 	}
