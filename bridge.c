@@ -259,21 +259,25 @@ PyObject *fidius_decode_value(const char *in, size_t n, fidius_result *r) {
 	return o;
 }
 
-// begin takes the GIL and makes the call interruptible through ctl. The
-// caller must end with leave, whatever happens.
-static void begin(fidius_ctl *ctl) {
+// begin takes the GIL and makes the call interruptible through ctl. It
+// returns 0 when the call was cancelled before it began: then nothing may
+// run, and leave reports the cancellation. The caller must end with leave,
+// whatever happens.
+static int begin(fidius_ctl *ctl) {
 	fidius_gil_acquire();
 	tls_buf.len = 0;
-	if (ctl != NULL) {
-		ctl->ts = tls_ts;
-		ctl->active = 1;
-	}
+	if (ctl == NULL)
+		return 1;
+	ctl->ts = tls_ts;
+	ctl->active = !ctl->cancelled;
+	return ctl->active;
 }
 
 // enter begins a call and returns a new reference to method i of the
-// slot's current table, or NULL with FIDIUS_CLOSED.
+// slot's current table, or NULL with FIDIUS_CLOSED (or cancelled).
 static PyObject *enter(fidius_slot *s, Py_ssize_t i, fidius_ctl *ctl, fidius_result *r) {
-	begin(ctl);
+	if (!begin(ctl))
+		return NULL;
 	if (s->tab == NULL) {
 		r->status = FIDIUS_CLOSED;
 		return NULL;
@@ -303,13 +307,15 @@ static void leave(fidius_ctl *ctl, fidius_result *r) {
 	fidius_gil_release();
 }
 
+// fidius_interrupt marks the call cancelled whatever its state, so that a
+// call (or stream step) that has not begun yet never runs; one that is
+// running gets the exception.
 int fidius_interrupt(fidius_ctl *ctl) {
 	fidius_gil_acquire();
+	ctl->cancelled = 1;
 	int running = ctl->active;
-	if (running) {
-		ctl->cancelled = 1;
+	if (running)
 		PyThreadState_SetAsyncExc((unsigned long)ctl->ts->thread_id, cancel_type);
-	}
 	fidius_gil_release();
 	return running;
 }
@@ -470,15 +476,16 @@ fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, 
 
 fidius_result fidius_stream_next(PyObject *it, fidius_ctl *ctl) {
 	fidius_result r = {0};
-	begin(ctl);
-	PyObject *item = PyIter_Next(it);
-	if (item != NULL) {
-		encode_result(item, &r);
-		Py_DECREF(item);
-	} else if (PyErr_Occurred()) {
-		describe_error(&r, 1);
-	} else {
-		r.status = FIDIUS_END;
+	if (begin(ctl)) {
+		PyObject *item = PyIter_Next(it);
+		if (item != NULL) {
+			encode_result(item, &r);
+			Py_DECREF(item);
+		} else if (PyErr_Occurred()) {
+			describe_error(&r, 1);
+		} else {
+			r.status = FIDIUS_END;
+		}
 	}
 	leave(ctl, &r);
 	return r;

@@ -58,7 +58,7 @@ typedef struct {
 typedef struct {
 	PyThreadState *ts;   // the thread state running the call
 	int active;          // Python code of the call may be running
-	int cancelled;       // an interrupt was delivered
+	int cancelled;       // the context ended: nothing more may run
 } fidius_ctl;
 
 // Interpreter lifetime and the GIL.
@@ -87,7 +87,8 @@ fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, 
 fidius_result fidius_stream_next(PyObject *it, fidius_ctl *ctl);
 void fidius_stream_close(PyObject *it);
 
-// Interrupts the call ctl belongs to; returns 0 once it has ended.
+// Cancels the call ctl belongs to, interrupting it if it is running;
+// returns 0 once it is not.
 int fidius_interrupt(fidius_ctl *ctl);
 
 // Tables and slots (GIL held by the caller).

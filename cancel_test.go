@@ -194,3 +194,18 @@ func TestBlockingCFunctionStopsWhenItReturns(t *testing.T) {
 		t.Fatalf("returned after %v: time.sleep cannot be interrupted, so this should take the full 300ms", took)
 	}
 }
+
+func TestDeadlineJustBeforePythonStarts(t *testing.T) {
+	// Deadlines of a few microseconds expire around the moment a call
+	// enters Python, some after the context was last checked in Go: each
+	// of these endless calls must still be interrupted.
+	h := spinPlugin(t)
+	for i := 0; i < 300; i++ {
+		dctx, cancel := context.WithTimeout(ctx, time.Duration(i%30)*time.Microsecond)
+		err := guarded(t, func() error { _, err := h.CallJSON(dctx, 0, nil); return err })
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+}
