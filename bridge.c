@@ -18,7 +18,6 @@
 static PyInterpreterState *interp;
 static pthread_key_t ts_key;
 static PyObject *describe_fn;   // bootstrap describe(exc, structured) -> (bytes, bytes, details)
-static PyObject *cancel_type;   // bootstrap CallCancelled, raised into interrupted calls
 PyObject *fidius_fields_fn;     // bootstrap field_names(obj) -> tuple of str, used by json.c
 
 static __thread PyThreadState *tls_ts;
@@ -105,7 +104,7 @@ void fidius_set_helpers(PyObject *describe, PyObject *fields, PyObject *cancel) 
 	Py_INCREF(cancel);
 	describe_fn = describe;
 	fidius_fields_fn = fields;
-	cancel_type = cancel;
+	fidius_cancel_type = cancel;
 }
 
 // fidius_exec_bootstrap runs the host's private Python helpers in a module
@@ -159,6 +158,26 @@ void fidius_slot_swap(fidius_slot *s, fidius_table *t) {
 	fidius_table *old = s->tab;
 	s->tab = t;
 	fidius_table_free(old);
+}
+
+fidius_slot *fidius_slot_new(const char *dir) {
+	fidius_slot *s = calloc(1, sizeof *s);
+	if (s == NULL)
+		return NULL;
+	s->dir = strdup(dir);
+	if (s->dir == NULL) {
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
+void fidius_slot_free(fidius_slot *s) {
+	fidius_slot_swap(s, NULL);
+	Py_CLEAR(s->own);
+	Py_CLEAR(s->vendor);
+	free(s->dir);
+	free(s);
 }
 
 static void put_bytes_obj(fidius_buf *b, PyObject *o, size_t *n) {
@@ -259,24 +278,50 @@ PyObject *fidius_decode_value(const char *in, size_t n, fidius_result *r) {
 	return o;
 }
 
-// begin takes the GIL and makes the call interruptible through ctl. It
-// returns 0 when the call was cancelled before it began: then nothing may
-// run, and leave reports the cancellation. The caller must end with leave,
-// whatever happens.
-static int begin(fidius_ctl *ctl) {
+// begin takes the GIL for a call through slot s. It returns 0 when the
+// call must not run: cancelled, or abandoned by its caller before it
+// began. The caller must end with leave, whatever happens.
+static int begin(fidius_slot *s, fidius_ctl *ctl) {
 	fidius_gil_acquire();
 	tls_buf.len = 0;
 	if (ctl == NULL)
 		return 1;
 	ctl->ts = tls_ts;
-	ctl->active = !ctl->cancelled;
-	return ctl->active;
+	ctl->slot = s;
+	int waiting = FIDIUS_WAITING;
+	if (!ctl->cancelled &&
+	    __atomic_compare_exchange_n(&ctl->state, &waiting, FIDIUS_READING, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+		return 1;
+	ctl->cancelled = 1;
+	return 0;
+}
+
+// run marks the point where the call's input has been read and plugin code
+// starts: from here the caller may leave, and a cancellation interrupts.
+static void run(fidius_ctl *ctl) {
+	if (ctl == NULL)
+		return;
+	int reading = FIDIUS_READING;
+	__atomic_compare_exchange_n(&ctl->state, &reading, FIDIUS_RUNNING, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+	ctl->active = 1;
+	if (ctl->cancelled)
+		fidius_arm(ctl, 0);
+}
+
+// settle ends the part of a call that may be interrupted: the plugin's
+// function has returned, and what follows (encoding its result) is the
+// library's.
+static void settle(fidius_ctl *ctl) {
+	if (ctl == NULL)
+		return;
+	ctl->active = 0;
+	fidius_disarm(ctl);
 }
 
 // enter begins a call and returns a new reference to method i of the
 // slot's current table, or NULL with FIDIUS_CLOSED (or cancelled).
 static PyObject *enter(fidius_slot *s, Py_ssize_t i, fidius_ctl *ctl, fidius_result *r) {
-	if (!begin(ctl))
+	if (!begin(s, ctl))
 		return NULL;
 	if (s->tab == NULL) {
 		r->status = FIDIUS_CLOSED;
@@ -287,49 +332,37 @@ static PyObject *enter(fidius_slot *s, Py_ssize_t i, fidius_ctl *ctl, fidius_res
 	return fn;
 }
 
-// leave ends a call: once ctl is inactive no interrupt can be raised, and
-// one raised too late to be delivered is withdrawn, so it cannot land in
-// the next call on this thread. A call that was interrupted reports so,
-// whatever else it did.
+// leave ends a call. A call that was cancelled reports so, whatever else
+// it did, and what it produced is dropped.
 static void leave(fidius_ctl *ctl, fidius_result *r) {
 	if (ctl != NULL) {
-		ctl->active = 0;
+		settle(ctl);
 		if (ctl->cancelled) {
-			PyThreadState_SetAsyncExc((unsigned long)ctl->ts->thread_id, NULL);
 			if (r->pending) {
 				Py_CLEAR(tls_pending);
 				r->pending = 0;
 			}
 			Py_CLEAR(r->obj);
 			r->status = FIDIUS_CANCELLED;
+			r->len = 0;
 		}
 	}
 	fidius_gil_release();
-}
-
-// fidius_interrupt marks the call cancelled whatever its state, so that a
-// call (or stream step) that has not begun yet never runs; one that is
-// running gets the exception.
-int fidius_interrupt(fidius_ctl *ctl) {
-	fidius_gil_acquire();
-	ctl->cancelled = 1;
-	int running = ctl->active;
-	if (running)
-		PyThreadState_SetAsyncExc((unsigned long)ctl->ts->thread_id, cancel_type);
-	fidius_gil_release();
-	return running;
 }
 
 // call_json calls fn with the JSON input as its arguments: an array is the
 // positional arguments, null or nothing means none, anything else is the
 // single argument. NULL with r->status set on bad input, NULL with a Python
 // error set if the call raised.
-static PyObject *call_json(PyObject *fn, const char *in, size_t n, fidius_result *r) {
-	if (n == 0)
+static PyObject *call_json(PyObject *fn, const char *in, size_t n, fidius_ctl *ctl, fidius_result *r) {
+	if (n == 0) {
+		run(ctl);
 		return PyObject_CallNoArgs(fn);
+	}
 	PyObject *arg = fidius_decode_value(in, n, r);
 	if (arg == NULL)
 		return NULL;
+	run(ctl);
 	PyObject *res;
 	if (PyList_CheckExact(arg)) {
 		// The list is ours and the callee never sees it, so its item
@@ -362,7 +395,7 @@ static PyObject *enter_json(fidius_slot *s, Py_ssize_t i, const char *in, size_t
 	PyObject *fn = enter(s, i, ctl, r);
 	if (fn == NULL)
 		return NULL;
-	PyObject *res = call_json(fn, in, n, r);
+	PyObject *res = call_json(fn, in, n, ctl, r);
 	Py_DECREF(fn);
 	if (res == NULL && r->status == FIDIUS_OK)
 		describe_error(r, 1);
@@ -377,10 +410,12 @@ static PyObject *enter_raw(fidius_slot *s, Py_ssize_t i, const char *in, size_t 
 		return NULL;
 	PyObject *arg = PyBytes_FromStringAndSize(in, (Py_ssize_t)n);
 	PyObject *res = NULL;
-	if (arg == NULL)
+	if (arg == NULL) {
 		message_error(r, FIDIUS_INPUT, "input cannot be passed as bytes");
-	else
+	} else {
+		run(ctl);
 		res = PyObject_CallOneArg(fn, arg);
+	}
 	Py_XDECREF(arg);
 	Py_DECREF(fn);
 	if (res == NULL && r->status == FIDIUS_OK)
@@ -437,6 +472,7 @@ static void raw_result(PyObject *res, fidius_result *r) {
 fidius_result fidius_call(fidius_slot *s, Py_ssize_t i, int raw, const char *in, size_t n, fidius_ctl *ctl) {
 	fidius_result r = {0};
 	PyObject *res = raw ? enter_raw(s, i, in, n, ctl, &r) : enter_json(s, i, in, n, ctl, &r);
+	settle(ctl);
 	if (res != NULL) {
 		if (raw)
 			raw_result(res, &r);
@@ -461,6 +497,7 @@ fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, 
 	PyObject *res = enter_json(s, i, in, n, ctl, &r);
 	if (res != NULL) {
 		r.obj = PyObject_GetIter(res);
+		settle(ctl);
 		if (r.obj == NULL) {
 			char msg[200];
 			snprintf(msg, sizeof msg, "streaming method must return an iterable, not %.100s",
@@ -474,10 +511,12 @@ fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, 
 	return r;
 }
 
-fidius_result fidius_stream_next(PyObject *it, fidius_ctl *ctl) {
+fidius_result fidius_stream_next(fidius_slot *s, PyObject *it, fidius_ctl *ctl) {
 	fidius_result r = {0};
-	if (begin(ctl)) {
+	if (begin(s, ctl)) {
+		run(ctl);
 		PyObject *item = PyIter_Next(it);
+		settle(ctl);
 		if (item != NULL) {
 			encode_result(item, &r);
 			Py_DECREF(item);
@@ -491,8 +530,17 @@ fidius_result fidius_stream_next(PyObject *it, fidius_ctl *ctl) {
 	return r;
 }
 
-void fidius_stream_close(PyObject *it) {
+void fidius_stream_close(fidius_slot *s, PyObject *it, fidius_ctl *ctl) {
 	fidius_gil_acquire();
+	if (ctl != NULL) {
+		// A cancelled stream's generator gets the grace period for its
+		// finally blocks, then is stopped like a cancelled call.
+		ctl->ts = tls_ts;
+		ctl->slot = s;
+		ctl->active = 1;
+		if (ctl->cancelled)
+			fidius_arm(ctl, 1);
+	}
 	PyObject *close = PyObject_GetAttrString(it, "close");
 	if (close != NULL) {
 		// Runs the generator's finally blocks. What they raise has no
@@ -501,6 +549,7 @@ void fidius_stream_close(PyObject *it) {
 		Py_XDECREF(res);
 		Py_DECREF(close);
 	}
+	settle(ctl);
 	PyErr_Clear();
 	Py_DECREF(it);
 	fidius_gil_release();

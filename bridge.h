@@ -46,19 +46,42 @@ typedef struct {
 
 // fidius_slot is what a handle calls through. tab is read and replaced only
 // under the GIL, so Reload and Close can swap it while calls run: a call
-// holds its own reference to the function it runs. NULL means closed. The
-// slot itself is freed by Go once the handle is unreachable.
+// holds its own reference to the function it runs. NULL means closed. dir
+// is the package directory: code from files under it, outside its vendor/
+// directory, is the plugin's own and the only code a cancellation
+// interrupts. The slot is freed by Go once the handle is unreachable.
 typedef struct {
 	fidius_table *tab;
+	char *dir;          // malloc'd, bytes as the file system spells them
+	PyObject *own;      // str: dir + "/", made when first needed
+	PyObject *vendor;   // str: dir + "/vendor/"
 } fidius_slot;
 
-// fidius_ctl lets another goroutine interrupt a running call. It lives in
-// Go memory for the length of the call; C reads and writes it only under
-// the GIL and keeps no pointer to it afterwards.
+// States of fidius_ctl.state, the handshake between a cancellable call's
+// caller and the thread running it. The caller may leave (ABANDONED) while
+// the call waits for the GIL or runs plugin code, never while C reads its
+// input (READING) or Go copies its result into the caller's memory
+// (DELIVERING).
+enum {
+	FIDIUS_WAITING = 0,
+	FIDIUS_READING = 1,
+	FIDIUS_RUNNING = 2,
+	FIDIUS_DELIVERING = 3,
+	FIDIUS_ABANDONED = 4,
+};
+
+// fidius_ctl lets another thread cancel a running call. It is C memory,
+// made and freed by Go; C reads and writes it only under the GIL, except
+// state, which is atomic.
 typedef struct {
+	fidius_slot *slot;   // the call's handle, for what counts as plugin code
 	PyThreadState *ts;   // the thread state running the call
-	int active;          // Python code of the call may be running
+	int active;          // plugin code of the call may be running
 	int cancelled;       // the context ended: nothing more may run
+	int state;           // FIDIUS_WAITING...; atomic
+	long long raised_at; // when the cancel exception was first raised (ns), 0 before
+	int unwinding;       // the cancel exception is passing through a frame: a handler may be next
+	PyObject *arm;       // the trace installed on ts while cancelling, or NULL
 } fidius_ctl;
 
 // Interpreter lifetime and the GIL.
@@ -84,18 +107,24 @@ void fidius_trim_buffer(void);       // no GIL needed
 // next encodes one item (FIDIUS_END after the last); close calls the
 // iterator's close() if it has one and releases it.
 fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl);
-fidius_result fidius_stream_next(PyObject *it, fidius_ctl *ctl);
-void fidius_stream_close(PyObject *it);
+fidius_result fidius_stream_next(fidius_slot *s, PyObject *it, fidius_ctl *ctl);
+void fidius_stream_close(fidius_slot *s, PyObject *it, fidius_ctl *ctl);
 
-// Cancels the call ctl belongs to, interrupting it if it is running;
-// returns 0 once it is not.
-int fidius_interrupt(fidius_ctl *ctl);
+// Cancellation (cancel.c). fidius_interrupt marks ctl's call cancelled and,
+// if plugin code of it is running, arms the thread running it so that the
+// cancel exception is raised at the next line of plugin code (GIL held).
+void fidius_interrupt(fidius_ctl *ctl);
+void fidius_arm(fidius_ctl *ctl, int cleanup);   // GIL held; cleanup: the grace period starts now
+void fidius_disarm(fidius_ctl *ctl);             // GIL held, on the call's own thread
+extern PyObject *fidius_cancel_type;
 
 // Tables and slots (GIL held by the caller).
 fidius_table *fidius_table_new(Py_ssize_t n, PyObject *owner);
 void fidius_table_set(fidius_table *t, Py_ssize_t i, PyObject *fn);
 void fidius_table_free(fidius_table *t);
 void fidius_slot_swap(fidius_slot *s, fidius_table *t);   // frees the old table; t may be NULL
+fidius_slot *fidius_slot_new(const char *dir);           // no GIL needed; NULL when out of memory
+void fidius_slot_free(fidius_slot *s);                   // GIL held
 
 // Errors outside dispatch (GIL held): describes and clears the pending
 // exception into the thread's buffer, as for FIDIUS_PLUGIN, with the class
@@ -108,6 +137,34 @@ PyObject *fidius_json_decode(const char *in, size_t n, char *err, size_t errlen)
 // FIDIUS_INPUT in *r (message in the thread buffer) on bad input.
 PyObject *fidius_decode_value(const char *in, size_t n, fidius_result *r);
 int fidius_json_encode(PyObject *o);   // appends to the thread buffer; -1 with a Python error set
+
+// fidius_err_take removes the pending exception (NULL if none) and returns
+// it with its traceback; fidius_err_restore sets it again (NULL: nothing).
+static inline PyObject *fidius_err_take(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+	return PyErr_GetRaisedException();
+#else
+	PyObject *type, *value, *tb;
+	PyErr_Fetch(&type, &value, &tb);
+	if (type == NULL)
+		return NULL;
+	PyErr_NormalizeException(&type, &value, &tb);
+	if (value != NULL && tb != NULL)
+		PyException_SetTraceback(value, tb);
+	Py_XDECREF(type);
+	Py_XDECREF(tb);
+	return value;
+#endif
+}
+
+static inline void fidius_err_restore(PyObject *exc) {
+#if PY_VERSION_HEX >= 0x030C0000
+	PyErr_SetRaisedException(exc);
+#else
+	if (exc != NULL)
+		PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+}
 
 // The per-thread output buffer (internal to the C files).
 typedef struct {

@@ -16,7 +16,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"time"
 	"unsafe"
 )
 
@@ -37,17 +36,16 @@ type PluginHandle struct {
 // its Python references released, once the handle is unreachable, so a
 // handle dropped without Close loses nothing.
 func newHandle(p *plugin, tab *C.fidius_table) *PluginHandle {
-	slot := (*C.fidius_slot)(C.calloc(1, C.size_t(unsafe.Sizeof(C.fidius_slot{}))))
+	dir := C.CString(p.dir)
+	slot := C.fidius_slot_new(dir)
+	C.free(unsafe.Pointer(dir))
 	if slot == nil {
 		panic("fidius: out of memory allocating a handle")
 	}
 	slot.tab = tab
 	h := &PluginHandle{plugin: p, slot: slot}
 	runtime.AddCleanup(h, func(s *C.fidius_slot) {
-		go func() {
-			withGIL(func() { C.fidius_slot_swap(s, nil) })
-			C.free(unsafe.Pointer(s))
-		}()
+		go withGIL(func() { C.fidius_slot_free(s) })
 	}, slot)
 	return h
 }
@@ -114,26 +112,6 @@ func (h *PluginHandle) method(ctx context.Context, i int, kind callKind) (*Metho
 	return m, nil
 }
 
-// interruptible returns the control block for a call under ctx and the
-// function that stops watching ctx, or nil and nil when ctx can never end.
-//
-// When ctx ends while Python runs the call, an exception is raised in the
-// thread running it, and raised again while the call goes on (a plugin may
-// catch it): Python code stops at its next bytecode boundary. A call
-// blocked inside C code (time.sleep, a socket read) stops when it returns
-// to Python.
-func interruptible(ctx context.Context) (*C.fidius_ctl, func() bool) {
-	if ctx.Done() == nil {
-		return nil, nil
-	}
-	ctl := new(C.fidius_ctl)
-	return ctl, context.AfterFunc(ctx, func() {
-		for delay := time.Millisecond; C.fidius_interrupt(ctl) != 0; delay = min(2*delay, 50*time.Millisecond) {
-			time.Sleep(delay)
-		}
-	})
-}
-
 // CallJSON calls typed method i with JSON input and returns its result as
 // JSON. A JSON array is the positional arguments; null or empty input calls
 // with none; any other value is the single argument. Values convert as the
@@ -162,23 +140,70 @@ func (h *PluginHandle) CallRawAppend(ctx context.Context, i int, dst, input []by
 	return h.call(ctx, i, rawCall, dst, input)
 }
 
-// call is every unary call: checks in Go, then one crossing into C.
+// call is every unary call: checks in Go, then one crossing into C on a
+// pinned thread, inside the gate.
+//
+// Under a context that can end, the crossing runs on a goroutine of its
+// own, and the caller returns ctx's error as soon as ctx ends, whatever
+// Python is doing: waiting for the GIL, in a long C function, or in plugin
+// code that takes its time to stop. The call goes on in the background
+// until it stops (see cancel.c), and its result is dropped.
 func (h *PluginHandle) call(ctx context.Context, i int, kind callKind, dst, input []byte) ([]byte, error) {
 	m, err := h.method(ctx, i, kind)
 	if err != nil {
 		return dst, err
 	}
-	ctl, stop := interruptible(ctx)
-	runtime.LockOSThread()
-	r := C.fidius_call(h.slot, C.Py_ssize_t(i), C.int(kind), bytesPtr(input), C.size_t(len(input)), ctl)
-	out, err := h.result(ctx, m, r, dst)
-	runtime.UnlockOSThread()
-	if stop != nil {
-		stop()
+	if ctx.Done() == nil {
+		gate.enter(nil)
+		runtime.LockOSThread()
+		r := C.fidius_call(h.slot, C.Py_ssize_t(i), C.int(kind), bytesPtr(input), C.size_t(len(input)), nil)
+		out, err := h.result(ctx, m, r, dst)
+		runtime.UnlockOSThread()
+		gate.leave()
+		runtime.KeepAlive(input)
+		return out, err
 	}
-	runtime.KeepAlive(h)
+	c := newCancellation(ctx)
+	var (
+		out  []byte
+		cerr error // not err: a variable the closure shares moves to the heap on every path
+	)
+	stayed := c.cross(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
+		return C.fidius_call(h.slot, C.Py_ssize_t(i), C.int(kind), bytesPtr(input), C.size_t(len(input)), ctl)
+	}, func(r C.fidius_result) {
+		out, cerr = h.result(ctx, m, r, dst)
+	}, c.free)
 	runtime.KeepAlive(input)
-	return out, err
+	if !stayed {
+		return dst, h.interrupted(m, ctx)
+	}
+	c.free()
+	return out, cerr
+}
+
+func (h *PluginHandle) interrupted(m *MethodDesc, ctx context.Context) error {
+	return fmt.Errorf("method %q of interface %q interrupted: %w", m.Name, h.plugin.desc.InterfaceName, ctx.Err())
+}
+
+// discard releases what a call produced for a caller who has left. It runs
+// on the thread that made the call.
+func discard(r C.fidius_result) {
+	if r.pending != 0 {
+		C.fidius_release_pending()
+	}
+	if r.obj != nil {
+		C.fidius_stream_close(nil, r.obj, nil)
+	}
+	trimBuffer(r)
+}
+
+// trimBuffer frees the thread's C output buffer after a large result or
+// error message has been copied out of it, so that one large message does
+// not stay allocated on every thread it happened to run on.
+func trimBuffer(r C.fidius_result) {
+	if r.pending == 0 && r.len > keepBuffer {
+		C.fidius_trim_buffer()
+	}
 }
 
 func bytesPtr(b []byte) *C.char {
@@ -201,18 +226,19 @@ func (h *PluginHandle) result(ctx context.Context, m *MethodDesc, r C.fidius_res
 		out := append(dst, unsafe.Slice((*byte)(unsafe.Pointer(r.data)), int(r.len))...)
 		if r.pending != 0 {
 			C.fidius_release_pending()
-		} else if r.len > keepBuffer {
-			C.fidius_trim_buffer()
 		}
+		trimBuffer(r)
 		return out, nil
 	case C.FIDIUS_CLOSED:
 		return dst, h.errClosed()
 	case C.FIDIUS_CANCELLED:
-		return dst, fmt.Errorf("method %q of interface %q interrupted: %w", m.Name, h.plugin.desc.InterfaceName, ctx.Err())
+		return dst, h.interrupted(m, ctx)
 	case C.FIDIUS_PLUGIN:
 		e := readException(r)
+		trimBuffer(r)
 		return dst, &PluginError{Code: e.code, Message: e.message, Details: e.details}
 	}
+	defer trimBuffer(r)
 	msg := C.GoStringN(r.data, C.int(r.len))
 	if r.status == C.FIDIUS_INPUT {
 		return dst, fmt.Errorf("%w for method %q: %s", ErrInputDecode, m.Name, msg)

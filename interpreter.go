@@ -20,7 +20,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"unsafe"
@@ -53,13 +52,18 @@ var (
 // finalized: C extensions cannot be unloaded safely, and handles may outlive
 // any point where the host could say it is done.
 func ensureInterpreter() error {
-	startOnce.Do(func() { startErr = startInterpreter() })
+	startOnce.Do(func() {
+		started := make(chan error)
+		go pythonMainThread(started)
+		if startErr = <-started; startErr == nil {
+			go canceller.run()
+		}
+	})
 	return startErr
 }
 
+// startInterpreter runs on the thread that stays Python's main thread.
 func startInterpreter() error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	if C.fidius_start() != 0 {
 		return fmt.Errorf("%w: cannot start the Python interpreter", ErrImportFailed)
 	}
@@ -161,19 +165,6 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
-}
-
-// withGIL runs f on a pinned OS thread holding the GIL, with that thread's
-// kept Python thread state. f must not wait on anything that itself needs
-// the GIL.
-func withGIL(f func()) {
-	runtime.LockOSThread()
-	C.fidius_gil_acquire()
-	defer func() {
-		C.fidius_gil_release()
-		runtime.UnlockOSThread()
-	}()
-	f()
 }
 
 // fromC and toC convert between this package's C view of a Python object

@@ -1,5 +1,5 @@
 // This file owns streaming calls: a method that returns a Python iterator
-// or generator, consumed from Go one item at a time (SPEC section 9).
+// or generator, consumed from Go one item at a time.
 
 package fidius
 
@@ -28,9 +28,12 @@ import (
 //	}
 //
 // The end of the Python iterator ends the loop. An exception ends it with
-// that error, after the items already produced. Leaving the loop early,
-// or cancelling ctx, calls the generator's close(), so its finally blocks
-// run. Nothing is called until the loop starts, and each range over the
+// that error, after the items already produced. Leaving the loop early
+// calls the generator's close(), so its finally blocks run before the loop
+// returns. When ctx ends, the loop ends at once with an error matching
+// ctx.Err(); the generator is cancelled and closed in the background, with
+// the same grace period for its finally blocks as a cancelled call.
+// Nothing is called until the loop starts, and each range over the
 // returned iterator calls the method again.
 func (h *PluginHandle) CallStream(ctx context.Context, i int, input []byte) iter.Seq2[json.RawMessage, error] {
 	return func(yield func(json.RawMessage, error) bool) {
@@ -39,35 +42,49 @@ func (h *PluginHandle) CallStream(ctx context.Context, i int, input []byte) iter
 			yield(nil, err)
 			return
 		}
-		ctl, stop := interruptible(ctx)
-		if stop != nil {
-			defer stop()
+		s := &stream{h: h}
+		if ctx.Done() != nil {
+			s.c = newCancellation(ctx)
 		}
-		runtime.LockOSThread()
-		r := C.fidius_stream_start(h.slot, C.Py_ssize_t(i), bytesPtr(input), C.size_t(len(input)), ctl)
-		if r.status != C.FIDIUS_OK {
-			_, err := h.result(ctx, m, r, nil)
-			runtime.UnlockOSThread()
+		var r C.fidius_result
+		if !s.step(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
+			return C.fidius_stream_start(h.slot, C.Py_ssize_t(i), bytesPtr(input), C.size_t(len(input)), ctl)
+		}, func(res C.fidius_result) {
+			r = res
+			if r.status == C.FIDIUS_OK {
+				s.it = r.obj
+			} else {
+				_, err = h.result(ctx, m, r, nil)
+			}
+		}) {
+			runtime.KeepAlive(input)
+			yield(nil, h.interrupted(m, ctx))
+			return
+		}
+		runtime.KeepAlive(input)
+		defer s.close(ctx)
+		if err != nil {
 			yield(nil, err)
 			return
 		}
-		runtime.UnlockOSThread()
-		runtime.KeepAlive(input)
-		it := r.obj
-		defer C.fidius_stream_close(it)
 		for {
-			if err := ctx.Err(); err != nil {
-				yield(nil, err)
+			var (
+				item json.RawMessage
+				end  bool
+			)
+			if !s.step(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
+				return C.fidius_stream_next(h.slot, s.it, ctl)
+			}, func(r C.fidius_result) {
+				if end = r.status == C.FIDIUS_END; !end {
+					item, err = h.result(ctx, m, r, nil)
+				}
+			}) {
+				yield(nil, h.interrupted(m, ctx))
 				return
 			}
-			runtime.LockOSThread()
-			r := C.fidius_stream_next(it, ctl)
-			if r.status == C.FIDIUS_END {
-				runtime.UnlockOSThread()
+			if end {
 				return
 			}
-			item, err := h.result(ctx, m, r, nil)
-			runtime.UnlockOSThread()
 			if err != nil {
 				yield(nil, err)
 				return
@@ -77,4 +94,73 @@ func (h *PluginHandle) CallStream(ctx context.Context, i int, input []byte) iter
 			}
 		}
 	}
+}
+
+// stream is one running CallStream: the Python iterator and, under a
+// context that can end, the control block its steps share.
+type stream struct {
+	h  *PluginHandle
+	c  *cancellation // nil when ctx can never end
+	it *C.PyObject   // the iterator, once started; a reference owned here
+	// orphaned: a step was left running when ctx ended, and finishes the
+	// stream in the background; the caller's goroutine touches it no more.
+	orphaned bool
+}
+
+// step makes one crossing into C and hands its result to keep on the
+// thread that made it. It returns false when ctx ended first: the caller
+// has left, and the stream is closed in the background.
+func (s *stream) step(ctx context.Context, crossing func(*C.fidius_ctl) C.fidius_result, keep func(C.fidius_result)) bool {
+	if s.c == nil {
+		gate.enter(nil)
+		runtime.LockOSThread()
+		keep(crossing(nil))
+		runtime.UnlockOSThread()
+		gate.leave()
+		return true
+	}
+	s.c.rearm()
+	s.orphaned = !s.c.cross(ctx, crossing, keep, s.finish)
+	return !s.orphaned
+}
+
+// close ends the stream for a caller leaving the loop: the generator's
+// finally blocks run before close returns, unless ctx ends first.
+func (s *stream) close(ctx context.Context) {
+	if s.orphaned {
+		return
+	}
+	if s.c == nil {
+		s.finish()
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		s.finish()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// finish closes the iterator, if there is one, and frees the control block.
+func (s *stream) finish() {
+	if s.it != nil {
+		var ctl *C.fidius_ctl
+		if s.c != nil {
+			ctl = s.c.ctl
+		}
+		gate.enter(nil)
+		runtime.LockOSThread()
+		C.fidius_stream_close(s.h.slot, s.it, ctl)
+		runtime.UnlockOSThread()
+		gate.leave()
+		s.it = nil
+	}
+	if s.c != nil {
+		s.c.free()
+	}
+	runtime.KeepAlive(s.h)
 }

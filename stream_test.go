@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 const streamSource = `
@@ -140,9 +141,22 @@ func TestStreamCancelRunsFinally(t *testing.T) {
 	if !errors.Is(last, context.Canceled) || n != 3 {
 		t.Fatalf("after %d items: %v", n, last)
 	}
-	if ev := events(t, h); len(ev) != 1 || ev[0] != "finally cancelled" {
+	// The loop has returned; the generator is closed in the background.
+	if ev := eventually(t, h); len(ev) != 1 || ev[0] != "finally cancelled" {
 		t.Fatalf("events %q", ev)
 	}
+}
+
+// eventually returns the plugin's events once there are some, waiting up
+// to 10 seconds for work that goes on in the background.
+func eventually(t *testing.T, h *PluginHandle) []string {
+	t.Helper()
+	var ev []string
+	for deadline := time.Now().Add(10 * time.Second); len(ev) == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+		ev = events(t, h)
+	}
+	return ev
 }
 
 func TestStreamShapes(t *testing.T) {

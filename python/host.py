@@ -4,6 +4,7 @@
 # sys.path cannot break error reporting for the others.
 
 import dataclasses
+import faulthandler
 import importlib
 import importlib.util
 import os
@@ -185,9 +186,36 @@ def install_sdk(sources, pycache):
     ensure_sdk()
 
 
+def _refuse_register(*args, **kwargs):
+    raise RuntimeError("fidius: signal handlers belong to the Go host; faulthandler.register is disabled")
+
+
+def _no_fatal_handlers(*args, **kwargs):
+    """faulthandler.enable in the embedded interpreter: does nothing.
+
+    Its handlers would replace Go's for SIGSEGV, SIGBUS, SIGFPE, SIGILL and
+    SIGABRT, and turn a Go panic that the host recovers from into the end of
+    the process.
+    """
+
+
+def keep_go_signals():
+    """Undo PYTHONFAULTHANDLER, and keep plugins from installing signal
+    handlers through faulthandler (signal.signal is refused anyway: no
+    plugin code runs on Python's main thread)."""
+    fh = sys.modules.get("faulthandler", faulthandler)
+    if fh.is_enabled():
+        fh.disable()  # puts back the handlers it saved: Go's
+    if fh.enable is not _no_fatal_handlers:
+        fh.enable = _no_fatal_handlers
+        fh.register = _refuse_register
+
+
 def ensure_sdk():
     """Put the embedded SDK's finder back at the end of sys.meta_path if a
-    plugin removed it (or replaced sys.meta_path)."""
+    plugin removed it (or replaced sys.meta_path), and Go's signal handlers
+    in place."""
+    keep_go_signals()
     if not isinstance(sys.meta_path, list):
         sys.meta_path = list(sys.meta_path) if sys.meta_path else []
     if _sdk not in sys.meta_path:

@@ -1,0 +1,296 @@
+// This file owns the OS threads the library uses: the thread that started
+// Python (kept, and never running plugin code), the one thread that
+// cancels calls, and the gate that bounds how many threads are inside
+// Python at once, so that waiting callers park as goroutines.
+
+package fidius
+
+/*
+#include "bridge.h"
+*/
+import "C"
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+)
+
+// DefaultThreadLimit is how many OS threads may be inside Python for the
+// library at once unless SetThreadLimit says otherwise.
+const DefaultThreadLimit = 16
+
+// SetThreadLimit sets how many OS threads may be inside Python for the
+// library at once, and returns the previous limit. Only one of them holds
+// the GIL at a time; the others wait for it or run C code that released it
+// (time.sleep, I/O, numpy), so a host whose plugins mostly wait on I/O may
+// want more. Callers beyond the limit wait as goroutines, and a caller
+// whose context ends while it waits returns at once. n < 1 means 1.
+func SetThreadLimit(n int) int {
+	return gate.setLimit(max(n, 1))
+}
+
+// gate is a counting semaphore whose waiters can give up when their
+// context ends. It is a mutex and a FIFO of channels rather than a
+// buffered channel so that its limit can change.
+var gate = &threadGate{limit: DefaultThreadLimit}
+
+type threadGate struct {
+	mu      sync.Mutex
+	inUse   int
+	limit   int
+	waiters []chan struct{}
+}
+
+func (g *threadGate) setLimit(n int) int {
+	g.mu.Lock()
+	old := g.limit
+	g.limit = n
+	g.wakeLocked()
+	g.mu.Unlock()
+	return old
+}
+
+// wakeLocked hands free places to waiters, in order.
+func (g *threadGate) wakeLocked() {
+	for len(g.waiters) > 0 && g.inUse < g.limit {
+		w := g.waiters[0]
+		g.waiters = g.waiters[1:]
+		g.inUse++
+		close(w)
+	}
+}
+
+// enter takes a place, waiting as a goroutine while there is none. It
+// returns false, holding nothing, if done is closed first.
+func (g *threadGate) enter(done <-chan struct{}) bool {
+	g.mu.Lock()
+	if g.inUse < g.limit && len(g.waiters) == 0 {
+		g.inUse++
+		g.mu.Unlock()
+		return true
+	}
+	w := make(chan struct{})
+	g.waiters = append(g.waiters, w)
+	g.mu.Unlock()
+	select {
+	case <-w:
+		return true
+	case <-done:
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for i, x := range g.waiters {
+		if x == w {
+			g.waiters = append(g.waiters[:i], g.waiters[i+1:]...)
+			return false
+		}
+	}
+	// Given a place just as done closed: pass it on.
+	g.inUse--
+	g.wakeLocked()
+	return false
+}
+
+func (g *threadGate) leave() {
+	g.mu.Lock()
+	g.inUse--
+	g.wakeLocked()
+	g.mu.Unlock()
+}
+
+// withGIL runs f on a pinned OS thread holding the GIL, with that thread's
+// kept Python thread state, taking a place at the gate. f must not wait on
+// anything that itself needs the GIL.
+func withGIL(f func()) {
+	gate.enter(nil)
+	runtime.LockOSThread()
+	C.fidius_gil_acquire()
+	defer func() {
+		C.fidius_gil_release()
+		runtime.UnlockOSThread()
+		gate.leave()
+	}()
+	f()
+}
+
+// pythonMainThread starts the interpreter and then keeps its thread for
+// ever, doing nothing. Python's "main thread" is the one that started it:
+// only there does signal.signal install a handler, and a handler installed
+// there would replace Go's. Since no plugin code ever runs on this thread,
+// signal.signal in a plugin always fails with ValueError, and Go keeps its
+// signals. The goroutine stays locked to the thread, so the thread is
+// never reused or ended (a new thread could otherwise get its id).
+func pythonMainThread(started chan<- error) {
+	runtime.LockOSThread()
+	started <- startInterpreter()
+	select {}
+}
+
+// cancellation is one cancellable call's (or stream's) control block and
+// its registration with ctx.
+type cancellation struct {
+	ctl  *C.fidius_ctl // C memory; C keeps no Go pointer
+	stop func() bool
+	// handled is closed once the canceller is done with ctl; it is only
+	// waited for when stop reports that the cancellation was sent.
+	handled chan struct{}
+}
+
+func newCancellation(ctx context.Context) *cancellation {
+	ctl := (*C.fidius_ctl)(C.calloc(1, C.size_t(unsafe.Sizeof(C.fidius_ctl{}))))
+	if ctl == nil {
+		panic("fidius: out of memory allocating a call's control block")
+	}
+	c := &cancellation{ctl: ctl, handled: make(chan struct{})}
+	c.stop = context.AfterFunc(ctx, func() { canceller.send(c) })
+	return c
+}
+
+// free releases the control block once neither ctx nor the canceller can
+// reach it any more, without waiting for the canceller.
+func (c *cancellation) free() {
+	if c.stop() {
+		C.free(unsafe.Pointer(c.ctl))
+		return
+	}
+	go func() {
+		<-c.handled
+		C.free(unsafe.Pointer(c.ctl))
+	}()
+}
+
+// cross makes one crossing into C for a call under ctx, on a goroutine of
+// its own, pinned to its thread and inside the gate. Back on that thread,
+// keep turns the crossing's result into the caller's values, and cross
+// returns true. If ctx ends first, cross returns false at once: the
+// crossing goes on in the background (cancelled, see cancel.c), its
+// result is released, and orphan runs after it on that goroutine.
+func (c *cancellation) cross(ctx context.Context, crossing func(*C.fidius_ctl) C.fidius_result, keep func(C.fidius_result), orphan func()) bool {
+	if ctx.Err() != nil {
+		go orphan()
+		return false
+	}
+	done := make(chan struct{})
+	go func() {
+		entered := gate.enter(ctx.Done())
+		r := C.fidius_result{status: C.FIDIUS_CANCELLED} // when no thread was free in time
+		if entered {
+			runtime.LockOSThread()
+			r = crossing(c.ctl)
+		}
+		kept := c.deliver()
+		if kept {
+			keep(r)
+			close(done)
+		} else {
+			discard(r)
+		}
+		if entered {
+			runtime.UnlockOSThread()
+			gate.leave()
+		}
+		if !kept {
+			orphan()
+		}
+	}()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+	}
+	if !c.leave() {
+		<-done
+		return true
+	}
+	return false
+}
+
+func (c *cancellation) state() *int32 { return (*int32)(unsafe.Pointer(&c.ctl.state)) }
+
+// leave is the caller giving up on the call because ctx ended. It returns
+// false if the call is delivering its result right now: then the caller
+// must take it. While C reads the call's input the caller waits; that
+// takes as long as decoding the input, and runs no plugin code.
+func (c *cancellation) leave() bool {
+	for spins := 0; ; spins++ {
+		switch s := atomic.LoadInt32(c.state()); s {
+		case C.FIDIUS_WAITING, C.FIDIUS_RUNNING:
+			if atomic.CompareAndSwapInt32(c.state(), s, C.FIDIUS_ABANDONED) {
+				return true
+			}
+		case C.FIDIUS_DELIVERING:
+			return false
+		case C.FIDIUS_ABANDONED:
+			return true
+		default: // reading the input
+			if spins < 100 {
+				runtime.Gosched()
+			} else {
+				time.Sleep(20 * time.Microsecond)
+			}
+		}
+	}
+}
+
+// deliver is the call's thread claiming the right to hand its result to
+// the caller; false means the caller has left.
+func (c *cancellation) deliver() bool {
+	for {
+		s := atomic.LoadInt32(c.state())
+		if s == C.FIDIUS_ABANDONED {
+			return false
+		}
+		if s == C.FIDIUS_DELIVERING || atomic.CompareAndSwapInt32(c.state(), s, C.FIDIUS_DELIVERING) {
+			return true
+		}
+	}
+}
+
+// rearm makes the control block ready for the next step of a stream.
+func (c *cancellation) rearm() { atomic.StoreInt32(c.state(), C.FIDIUS_WAITING) }
+
+// canceller is the one thread that cancels calls. Interrupting a call
+// needs the GIL, so cancellations queue here and are handled in batches:
+// however many contexts end at once, they cost one waiting thread.
+var canceller = &cancelQueue{wake: make(chan struct{}, 1)}
+
+type cancelQueue struct {
+	mu      sync.Mutex
+	pending []*cancellation
+	wake    chan struct{}
+}
+
+func (q *cancelQueue) send(c *cancellation) {
+	q.mu.Lock()
+	q.pending = append(q.pending, c)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *cancelQueue) run() {
+	runtime.LockOSThread()
+	for range q.wake {
+		q.mu.Lock()
+		batch := q.pending
+		q.pending = nil
+		q.mu.Unlock()
+		if len(batch) == 0 {
+			continue
+		}
+		C.fidius_gil_acquire()
+		for _, c := range batch {
+			C.fidius_interrupt(c.ctl)
+		}
+		C.fidius_gil_release()
+		for _, c := range batch {
+			close(c.handled)
+		}
+	}
+}
