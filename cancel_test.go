@@ -3,6 +3,7 @@ package fidius
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -213,5 +214,389 @@ func TestDeadlineJustBeforePythonStarts(t *testing.T) {
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("call %d: %v", i, err)
 		}
+	}
+	// Their callers have left; the calls themselves must have stopped too,
+	// or they would hold every thread the gate allows and this would hang.
+	err := guarded(t, func() error { _, err := h.CallJSON(ctx, 4, nil); return err })
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+const stormSource = `
+__interface_hash__ = 0x1234
+import cProfile, importlib, logging, sys, threading, time
+import vlock  # vendored: vendor/vlock.py
+
+class CountingHandler(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def emit(self, record):
+        self.n += 1
+
+handler = CountingHandler()
+log = logging.getLogger(__name__ + ".storm")
+log.addHandler(handler)
+log.propagate = False
+log.setLevel(logging.INFO)
+HELPER = __name__ + "_helper"
+ticks = 0
+cleaned = []
+
+def spin():
+    while True:
+        pass
+
+def logloop():
+    while True:
+        log.info("tick %d", 1)
+
+def reimport():
+    while True:
+        sys.modules.pop(HELPER, None)
+        try:
+            importlib.import_module(HELPER)
+        except KeyError:
+            pass  # another thread popped it mid-import: the plugin's own race
+
+def vendored():
+    while True:
+        vlock.critical()
+
+def swallow():
+    # Catches every cancellation and goes on: stopped once it has
+    # swallowed one.
+    global ticks
+    while True:
+        try:
+            while True:
+                ticks += 1
+        except BaseException:
+            pass
+
+def loop_in_handler():
+    # Loops inside the handler: stopped when the grace period ends.
+    global ticks
+    try:
+        while True:
+            pass
+    except BaseException:
+        while True:
+            ticks += 1
+
+def cleanup():
+    try:
+        while True:
+            pass
+    finally:
+        cleaned.append("done")
+
+def read_ticks():
+    return ticks
+
+def read_cleaned():
+    return list(cleaned)
+
+def traced():
+    def f(x):
+        return x + 1
+    sys.settrace(lambda *a: None)
+    try:
+        n = f(1)
+    finally:
+        sys.settrace(None)
+    p = cProfile.Profile()
+    p.enable()
+    n += f(2)
+    p.disable()
+    return n
+
+def check():
+    # From a new Python thread: a lock left held by a cancelled call on
+    # this OS thread would be re-entrant here and hide the leak.
+    result = {}
+
+    def probe():
+        held = []
+        for name, lock in (("handler", handler.lock), ("vendored", vlock.LOCK)):
+            if lock.acquire(timeout=2):
+                lock.release()
+            else:
+                held.append(name)
+        sys.modules.pop(HELPER, None)
+        importlib.import_module(HELPER)
+        log.info("after the storm")
+        result["held"] = held
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join(10)
+    if t.is_alive():
+        return {"held": ["import or logging hangs"]}
+    result["started"] = vlock.started
+    result["finished"] = vlock.finished
+    return result
+`
+
+const vlockSource = `
+import threading, time
+LOCK = threading.Lock()
+started = 0
+finished = 0
+
+def critical():
+    # acquire(); try: -- safe only because nothing interrupts it half-way.
+    global started, finished
+    LOCK.acquire()
+    try:
+        started += 1
+        end = time.perf_counter() + 0.002
+        while time.perf_counter() < end:
+            pass
+        finished += 1
+    finally:
+        LOCK.release()
+`
+
+func stormPlugin(t *testing.T) *PluginHandle {
+	t.Helper()
+	mod := moduleName(t)
+	dir := writePackage(t, mod, map[string]string{
+		mod + ".py":        strings.TrimPrefix(stormSource, "\n"),
+		mod + "_helper.py": "import time\ntime.sleep(0.0005)\nVALUE = 1\n",
+		"vendor/vlock.py":  vlockSource,
+	})
+	d := &InterfaceDescriptor{InterfaceName: "Storm", InterfaceHash: 0x1234}
+	for _, n := range []string{"spin", "logloop", "reimport", "vendored", "swallow", "loop_in_handler", "cleanup",
+		"read_ticks", "read_cleaned", "traced", "check"} {
+		d.Methods = append(d.Methods, MethodDesc{Name: n})
+	}
+	return mustLoad(t, dir, d)
+}
+
+// call calls the storm plugin's method by name without a deadline.
+func callNamed[T any](t *testing.T, h *PluginHandle, name string) T {
+	t.Helper()
+	var out T
+	err := guarded(t, func() (err error) { out, err = Call[T](ctx, h, hidx(h, name)); return err })
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return out
+}
+
+// cancelAfter calls method name under a deadline of d and wants the
+// deadline's error.
+func cancelAfter(t *testing.T, h *PluginHandle, name string, d time.Duration) {
+	t.Helper()
+	dctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	err := guarded(t, func() error { _, err := h.CallJSON(dctx, hidx(h, name), nil); return err })
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("%s under %v: %v", name, d, err)
+	}
+}
+
+// quiet waits until the plugin's ticks stop moving: the background work
+// of cancelled calls has stopped.
+func quiet(t *testing.T, h *PluginHandle) {
+	t.Helper()
+	last := callNamed[int](t, h, "read_ticks")
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		time.Sleep(300 * time.Millisecond)
+		now := callNamed[int](t, h, "read_ticks")
+		if now == last {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a cancelled call is still running: ticks went on from %d to %d", last, now)
+		}
+		last = now
+	}
+}
+
+func TestTracingWorksAfterCancelledCalls(t *testing.T) {
+	// On 3.11 a withdrawn asynchronous exception left the thread's
+	// "pending" flag set, and the first traced call after it hung.
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, 60*time.Second))
+		return
+	}
+	h := stormPlugin(t)
+	for i := 0; i < 20; i++ {
+		cancelAfter(t, h, "spin", time.Duration(5+i)*time.Millisecond)
+	}
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ { // over several threads, where the cancelled calls ran
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 10; i++ {
+				if got := callNamed[int](t, h, "traced"); got != 5 {
+					t.Errorf("traced: %d", got)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestCancelStormsLeaveNoLockHeld(t *testing.T) {
+	// Deadlines spread over 1-20 ms from three goroutines, against loops
+	// in the standard library's logging and import machinery and in
+	// vendored code that holds a lock between acquire() and try.
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, 120*time.Second))
+		return
+	}
+	h := stormPlugin(t)
+	var wg sync.WaitGroup
+	for g := 0; g < 3; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 100; i++ {
+				d := time.Duration(1+(i*7+g*3)%20) * time.Millisecond
+				for _, m := range []string{"logloop", "reimport", "vendored"} {
+					cancelAfter(t, h, m, d)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	quiet(t, h)
+	time.Sleep(500 * time.Millisecond) // the last calls stop at their next plugin line
+	got := callNamed[map[string]any](t, h, "check")
+	if held, _ := got["held"].([]any); len(held) != 0 {
+		t.Fatalf("left held after 900 cancellations: %v", held)
+	}
+	if got["started"] != got["finished"] || got["started"] == 0.0 {
+		t.Fatalf("vendored critical sections: %v started, %v finished: vendored code was interrupted half-way", got["started"], got["finished"])
+	}
+}
+
+func TestPluginsThatSwallowCancellationAreStopped(t *testing.T) {
+	h := stormPlugin(t)
+	for _, m := range []string{"swallow", "loop_in_handler"} {
+		t.Run(m, func(t *testing.T) {
+			cancelAfter(t, h, m, 30*time.Millisecond)
+			quiet(t, h)
+		})
+	}
+}
+
+func TestCancelledCallRunsItsFinally(t *testing.T) {
+	h := stormPlugin(t)
+	cancelAfter(t, h, "cleanup", 20*time.Millisecond)
+	var got []string
+	for deadline := time.Now().Add(10 * time.Second); len(got) == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		got = callNamed[[]string](t, h, "read_cleaned")
+	}
+	if len(got) != 1 || got[0] != "done" {
+		t.Fatalf("finally blocks that ran: %q", got)
+	}
+}
+
+const gilSource = `
+import time
+calls = []
+
+def hold_gil(n):
+    return sum(range(n))  # one C call: the GIL is not released
+
+def record(x):
+    calls.append(x)
+    return x
+
+def recorded():
+    return list(calls)
+
+def ping():
+    return "pong"
+
+def slow_cleanup():
+    try:
+        while True:
+            yield 1
+    finally:
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            pass
+`
+
+func gilPlugin(t *testing.T) *PluginHandle {
+	dir, d := simplePlugin(t, gilSource, MethodDesc{Name: "hold_gil"}, MethodDesc{Name: "record"},
+		MethodDesc{Name: "recorded"}, MethodDesc{Name: "ping"}, MethodDesc{Name: "slow_cleanup", Streaming: true})
+	return mustLoad(t, dir, d)
+}
+
+// holdGIL starts a call that holds the GIL in one C function for about
+// a second here, and returns a channel closed when it ends.
+func holdGIL(t *testing.T, h *PluginHandle) <-chan struct{} {
+	t.Helper()
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		if _, err := Call[int](ctx, h, 0, 100_000_000); err != nil {
+			t.Error(err)
+		}
+	}()
+	time.Sleep(100 * time.Millisecond) // well inside the C call
+	return ended
+}
+
+func TestDeadlineHoldsWhileWaitingForTheGIL(t *testing.T) {
+	h := gilPlugin(t)
+	ended := holdGIL(t, h)
+	dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	input := []byte(`["mine"]`)
+	start := time.Now()
+	_, err := h.CallJSON(dctx, 1, input)
+	took := time.Since(start)
+	select {
+	case <-ended:
+		t.Fatalf("the call returned after %v, once the GIL was released", took)
+	default:
+	}
+	if took > 500*time.Millisecond { // the GIL is held for about twice that
+		t.Fatalf("the call returned after %v: it waited for the GIL", took)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v", err)
+	}
+	copy(input, "XXXXXXXX") // the caller owns its input again
+	<-ended
+	// The abandoned call never began: nothing of it reached Python.
+	if got := callNamed[[]string](t, h, "recorded"); len(got) != 0 {
+		t.Fatalf("an abandoned call ran: %q", got)
+	}
+}
+
+func TestStreamDeadlineWithSlowFinally(t *testing.T) {
+	h := gilPlugin(t)
+	dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	var last error
+	n := 0
+	for _, err := range h.CallStream(dctx, 4, nil) {
+		if err != nil {
+			last = err
+			break
+		}
+		n++
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("the loop ended after %v: it waited for the generator's 2 s finally", took)
+	}
+	if !errors.Is(last, context.DeadlineExceeded) || n == 0 {
+		t.Fatalf("after %d items: %v", n, last)
+	}
+	if got := callNamed[string](t, h, "ping"); got != "pong" {
+		t.Fatal(got)
 	}
 }

@@ -245,3 +245,7 @@ func (h *PluginHandle) result(ctx context.Context, m *MethodDesc, r C.fidius_res
 	}
 	return dst, fmt.Errorf("%w from method %q: %s", ErrOutputEncode, m.Name, msg)
 }
+
+// threadBufferCap is the capacity of this OS thread's C output buffer;
+// tests use it to check that a large message does not stay allocated.
+func threadBufferCap() int { return int(C.fidius_tls_buf().cap) }
