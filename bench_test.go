@@ -1,6 +1,7 @@
 package fidius
 
 import (
+	"context"
 	"fmt"
 	"testing"
 )
@@ -36,6 +37,21 @@ func BenchmarkCallJSONNoop(b *testing.B) {
 	for _, g := range []int{1, 2, 8} {
 		b.Run(fmt.Sprintf("goroutines=%d", g), func(b *testing.B) {
 			benchParallel(b, g, func() error { _, err := h.CallJSON(ctx, noop, nil); return err })
+		})
+	}
+}
+
+// BenchmarkCallJSONNoopCancellable is a call under a context that can end
+// (and does not): the call runs on a goroutine of its own, so that its
+// caller can leave when the context ends.
+func BenchmarkCallJSONNoopCancellable(b *testing.B) {
+	h := greeter(b)
+	noop := idx(b, h, "noop")
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for _, g := range []int{1, 8} {
+		b.Run(fmt.Sprintf("goroutines=%d", g), func(b *testing.B) {
+			benchParallel(b, g, func() error { _, err := h.CallJSON(cctx, noop, nil); return err })
 		})
 	}
 }

@@ -154,7 +154,9 @@ func (h *PluginHandle) call(ctx context.Context, i int, kind callKind, dst, inpu
 		return dst, err
 	}
 	if ctx.Done() == nil {
-		gate.enter(nil)
+		if !gate.tryEnter() {
+			gate.enter(nil)
+		}
 		runtime.LockOSThread()
 		r := C.fidius_call(h.slot, C.Py_ssize_t(i), C.int(kind), bytesPtr(input), C.size_t(len(input)), nil)
 		out, err := h.result(ctx, m, r, dst)
@@ -238,8 +240,8 @@ func (h *PluginHandle) result(ctx context.Context, m *MethodDesc, r C.fidius_res
 		trimBuffer(r)
 		return dst, &PluginError{Code: e.code, Message: e.message, Details: e.details}
 	}
-	defer trimBuffer(r)
 	msg := C.GoStringN(r.data, C.int(r.len))
+	trimBuffer(r)
 	if r.status == C.FIDIUS_INPUT {
 		return dst, fmt.Errorf("%w for method %q: %s", ErrInputDecode, m.Name, msg)
 	}

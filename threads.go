@@ -34,47 +34,81 @@ func SetThreadLimit(n int) int {
 }
 
 // gate is a counting semaphore whose waiters can give up when their
-// context ends. It is a mutex and a FIFO of channels rather than a
-// buffered channel so that its limit can change.
-var gate = &threadGate{limit: DefaultThreadLimit}
+// context ends. Taking and giving back a free place is a few atomic
+// operations (it is on every call's path); the mutex and the FIFO of
+// channels are only for waiting.
+var gate = newThreadGate(DefaultThreadLimit)
 
 type threadGate struct {
+	inUse   atomic.Int32
+	limit   atomic.Int32
+	waiting atomic.Int32 // len(waiters), readable without mu
+
 	mu      sync.Mutex
-	inUse   int
-	limit   int
 	waiters []chan struct{}
+}
+
+func newThreadGate(limit int) *threadGate {
+	g := &threadGate{}
+	g.limit.Store(int32(limit))
+	return g
 }
 
 func (g *threadGate) setLimit(n int) int {
 	g.mu.Lock()
-	old := g.limit
-	g.limit = n
+	defer g.mu.Unlock()
+	old := g.limit.Swap(int32(n))
 	g.wakeLocked()
-	g.mu.Unlock()
-	return old
+	return int(old)
+}
+
+// tryEnter takes a free place if there is one and nobody waits for it.
+func (g *threadGate) tryEnter() bool {
+	for g.waiting.Load() == 0 {
+		n := g.inUse.Load()
+		if n >= g.limit.Load() {
+			return false
+		}
+		if g.inUse.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+	return false
+}
+
+// take takes a free place, waiters or not.
+func (g *threadGate) take() bool {
+	for {
+		n := g.inUse.Load()
+		if n >= g.limit.Load() {
+			return false
+		}
+		if g.inUse.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
 }
 
 // wakeLocked hands free places to waiters, in order.
 func (g *threadGate) wakeLocked() {
-	for len(g.waiters) > 0 && g.inUse < g.limit {
-		w := g.waiters[0]
+	for len(g.waiters) > 0 && g.take() {
+		close(g.waiters[0])
 		g.waiters = g.waiters[1:]
-		g.inUse++
-		close(w)
 	}
+	g.waiting.Store(int32(len(g.waiters)))
 }
 
 // enter takes a place, waiting as a goroutine while there is none. It
 // returns false, holding nothing, if done is closed first.
 func (g *threadGate) enter(done <-chan struct{}) bool {
-	g.mu.Lock()
-	if g.inUse < g.limit && len(g.waiters) == 0 {
-		g.inUse++
-		g.mu.Unlock()
+	if g.tryEnter() {
 		return true
 	}
 	w := make(chan struct{})
+	g.mu.Lock()
 	g.waiters = append(g.waiters, w)
+	// A place given back since tryEnter failed saw no waiter to wake.
+	g.wakeLocked()
 	g.mu.Unlock()
 	select {
 	case <-w:
@@ -86,20 +120,23 @@ func (g *threadGate) enter(done <-chan struct{}) bool {
 	for i, x := range g.waiters {
 		if x == w {
 			g.waiters = append(g.waiters[:i], g.waiters[i+1:]...)
+			g.waiting.Store(int32(len(g.waiters)))
 			return false
 		}
 	}
 	// Given a place just as done closed: pass it on.
-	g.inUse--
+	g.inUse.Add(-1)
 	g.wakeLocked()
 	return false
 }
 
 func (g *threadGate) leave() {
-	g.mu.Lock()
-	g.inUse--
-	g.wakeLocked()
-	g.mu.Unlock()
+	g.inUse.Add(-1)
+	if g.waiting.Load() > 0 {
+		g.mu.Lock()
+		g.wakeLocked()
+		g.mu.Unlock()
+	}
 }
 
 // withGIL runs f on a pinned OS thread holding the GIL, with that thread's
@@ -135,32 +172,70 @@ func pythonMainThread(started chan<- error) {
 type cancellation struct {
 	ctl  *C.fidius_ctl // C memory; C keeps no Go pointer
 	stop func() bool
-	// handled is closed once the canceller is done with ctl; it is only
-	// waited for when stop reports that the cancellation was sent.
-	handled chan struct{}
+	// refs counts who may still use ctl: the call, and the canceller once
+	// ctx has ended. The last to let go puts ctl back.
+	refs atomic.Int32
 }
 
 func newCancellation(ctx context.Context) *cancellation {
-	ctl := (*C.fidius_ctl)(C.calloc(1, C.size_t(unsafe.Sizeof(C.fidius_ctl{}))))
-	if ctl == nil {
-		panic("fidius: out of memory allocating a call's control block")
-	}
-	c := &cancellation{ctl: ctl, handled: make(chan struct{})}
+	c := &cancellation{ctl: ctls.get()}
+	c.refs.Store(2)
 	c.stop = context.AfterFunc(ctx, func() { canceller.send(c) })
 	return c
 }
 
-// free releases the control block once neither ctx nor the canceller can
-// reach it any more, without waiting for the canceller.
+// free lets go of the control block for the call. If ctx has ended, the
+// canceller may still have it; then the canceller puts it back.
 func (c *cancellation) free() {
 	if c.stop() {
-		C.free(unsafe.Pointer(c.ctl))
+		ctls.put(c.ctl) // the canceller will never see it
 		return
 	}
-	go func() {
-		<-c.handled
-		C.free(unsafe.Pointer(c.ctl))
-	}()
+	c.release()
+}
+
+func (c *cancellation) release() {
+	if c.refs.Add(-1) == 0 {
+		ctls.put(c.ctl)
+	}
+}
+
+// ctls keeps control blocks for reuse: making and freeing C memory would
+// cost two more cgo crossings per call.
+var ctls ctlPool
+
+type ctlPool struct {
+	mu   sync.Mutex
+	free []*C.fidius_ctl
+}
+
+func (p *ctlPool) get() *C.fidius_ctl {
+	p.mu.Lock()
+	if n := len(p.free); n > 0 {
+		ctl := p.free[n-1]
+		p.free = p.free[:n-1]
+		p.mu.Unlock()
+		return ctl
+	}
+	p.mu.Unlock()
+	ctl := (*C.fidius_ctl)(C.calloc(1, C.size_t(unsafe.Sizeof(C.fidius_ctl{}))))
+	if ctl == nil {
+		panic("fidius: out of memory allocating a call's control block")
+	}
+	return ctl
+}
+
+func (p *ctlPool) put(ctl *C.fidius_ctl) {
+	*ctl = C.fidius_ctl{}
+	p.mu.Lock()
+	if len(p.free) < 1024 {
+		p.free = append(p.free, ctl)
+		ctl = nil
+	}
+	p.mu.Unlock()
+	if ctl != nil {
+		C.free(unsafe.Pointer(ctl))
+	}
 }
 
 // cross makes one crossing into C for a call under ctx, on a goroutine of
@@ -290,7 +365,7 @@ func (q *cancelQueue) run() {
 		}
 		C.fidius_gil_release()
 		for _, c := range batch {
-			close(c.handled)
+			c.release()
 		}
 	}
 }

@@ -94,6 +94,9 @@ func run(dir, pluginDir string) error {
 	}
 	defer h.Close()
 	ctx := context.Background()
+	// A context that can end (and never does) takes the cancellable path.
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	small, big := make([]byte, 64), make([]byte, 1<<20)
 	greetIn := []byte(`["World"]`)
 	same := func(fn func() error) func() func() error { return func() func() error { return fn } }
@@ -109,6 +112,7 @@ func run(dir, pluginDir string) error {
 		mk             func() func() error
 	}{
 		{"noop · CallJSON", "noop", same(func() error { _, err := h.CallJSON(ctx, mNoop, nil); return err })},
+		{"noop · CallJSON, cancellable ctx", "noop", same(func() error { _, err := h.CallJSON(cctx, mNoop, nil); return err })},
 		{"greet · CallJSON", "greet", same(func() error { _, err := h.CallJSON(ctx, mGreet, greetIn); return err })},
 		{"greet · Call[string]", "greet", same(func() error { _, err := fidius.Call[string](ctx, h, mGreet, "World"); return err })},
 		{"echo 64 B · CallRaw", "echo64", same(func() error { _, err := h.CallRaw(ctx, mEcho, small); return err })},
