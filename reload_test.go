@@ -1,9 +1,13 @@
 package fidius
 
 import (
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -132,5 +136,171 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	if calls.Load() < 100 {
 		t.Fatalf("only %d calls ran during the reloads", calls.Load())
+	}
+}
+
+// sdkPluginSource is a plugin written with the SDK's @method, as plugin
+// authors write them. extra names one more registered method (or none).
+func sdkPluginSource(hash int, word, extra string) string {
+	src := fmt.Sprintf(`from fidius import method
+import fidius
+
+__interface_hash__ = %d
+
+@method
+def greet(name):
+    return "%s, " + name
+
+@method
+def registered():
+    return fidius.list_methods(__name__)
+`, hash, word)
+	if extra != "" {
+		src += fmt.Sprintf("\n@method\ndef %s():\n    return None\n", extra)
+	}
+	return src
+}
+
+func TestReloadSDKMethodPlugin(t *testing.T) {
+	writeBytecode(t)
+	mod := moduleName(t)
+	dir := writePackage(t, mod, map[string]string{mod + ".py": sdkPluginSource(1, "Hello", "old_only")})
+	d := &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "greet"}, {Name: "registered"}}}
+	h := mustLoad(t, dir, d)
+	other := mustLoad(t, dir, d) // a second handle of the same package
+	call := func(h *PluginHandle) (string, []string) {
+		t.Helper()
+		s, err := Call[string](ctx, h, 0, "Ann")
+		if err != nil {
+			t.Fatal(err)
+		}
+		names, err := Call[[]string](ctx, h, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, names
+	}
+
+	// Nothing changed: the module registers the same names again.
+	if err := h.Reload(); err != nil {
+		t.Fatalf("reload of an unchanged @method plugin: %v", err)
+	}
+	if s, names := call(h); s != "Hello, Ann" || strings.Join(names, ",") != "greet,old_only,registered" {
+		t.Fatalf("after an unchanged reload: %q, %q", s, names)
+	}
+
+	// An edit that drops a method: its old registration goes with the old module.
+	writeFile(t, filepath.Join(dir, mod+".py"), sdkPluginSource(1, "Howdy", ""))
+	if err := h.Reload(); err != nil {
+		t.Fatalf("reload of an edited @method plugin: %v", err)
+	}
+	if s, names := call(h); s != "Howdy, Ann" || strings.Join(names, ",") != "greet,registered" {
+		t.Fatalf("after an edit: %q, %q", s, names)
+	}
+	// The other handle keeps the code it loaded until it reloads itself.
+	if s, err := Call[string](ctx, other, 0, "Ann"); err != nil || s != "Hello, Ann" {
+		t.Fatalf("second handle after the first reloaded: %q, %v", s, err)
+	}
+	if err := other.Reload(); err != nil {
+		t.Fatalf("second handle's reload: %v", err)
+	}
+	if s, err := Call[string](ctx, other, 0, "Ann"); err != nil || s != "Howdy, Ann" {
+		t.Fatalf("second handle after its own reload: %q, %v", s, err)
+	}
+
+	// A changed interface hash is reported as such, not as a registration error.
+	writeFile(t, filepath.Join(dir, mod+".py"), sdkPluginSource(2, "Hi", ""))
+	err := h.Reload()
+	var mismatch *HashMismatchError
+	if !errors.As(err, &mismatch) || mismatch.Got != 2 || mismatch.Expected != 1 {
+		t.Fatalf("reload with a changed hash: %v", err)
+	}
+	if s, _ := call(h); s != "Howdy, Ann" {
+		t.Fatalf("after a failed reload: %q", s)
+	}
+
+	// Registering a name twice in one execution of a module is still an error.
+	writeFile(t, filepath.Join(dir, mod+".py"), sdkPluginSource(1, "Hi", "greet"))
+	err = h.Reload()
+	wantErr(t, err, ErrImportFailed, "ValueError", "fidius: method 'greet' is already registered in module '"+mod+"'")
+}
+
+func TestSDKRegistryImportlibReload(t *testing.T) {
+	// importlib.reload runs a module again in the same module object; its
+	// registrations are replaced as for a host's reload.
+	mod := moduleName(t)
+	dir := writePackage(t, mod, map[string]string{
+		mod + ".py": "import importlib, fidius\nimport " + mod + "_sub as sub\n__interface_hash__ = 1\n" +
+			"def again():\n    importlib.reload(sub)\n    return [fidius.list_methods(sub.__name__), fidius.get_method('sub_only') is sub.sub_only]\n",
+		mod + "_sub.py": "from fidius import method\n@method\ndef sub_only(): pass\n",
+	})
+	h := mustLoad(t, dir, &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "again"}}})
+	for i := 0; i < 2; i++ {
+		out, err := h.CallJSON(ctx, 0, nil)
+		if err != nil || string(out) != `[["sub_only"],true]` {
+			t.Fatalf("importlib.reload %d: %s, %v", i, out, err)
+		}
+	}
+}
+
+// sdkCopy returns the embedded SDK's files under prefix, for a package
+// that vendors the SDK.
+func sdkCopy(t *testing.T, prefix string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	err := fs.WalkDir(sdkFiles, "python/fidius", func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		src, err := sdkFiles.ReadFile(p)
+		files[prefix+filepath.Base(p)] = string(src)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+func TestReloadWithVendoredSDK(t *testing.T) {
+	// The first package loaded in a fresh process vendors the SDK, so its
+	// copy becomes the process's fidius and serves the second package too.
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, time.Minute))
+		return
+	}
+	vendoring := moduleName(t)
+	files := sdkCopy(t, "vendor/fidius/")
+	source := func(word string) string {
+		return sdkPluginSource(1, word, "") + "\nimport os\n@method\ndef sdk():\n    return os.path.dirname(os.path.dirname(fidius.__file__))\n"
+	}
+	files[vendoring+".py"] = source("Hello")
+	first := writePackage(t, vendoring, files)
+	plain := vendoring + "_plain"
+	second := writePackage(t, plain, map[string]string{plain + ".py": sdkPluginSource(1, "Hello", "")})
+	d := &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "greet"}, {Name: "registered"}}}
+	a := mustLoad(t, first, d)
+	b := mustLoad(t, second, d)
+	probe := mustLoad(t, first, &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "sdk"}}})
+	if where, err := Call[string](ctx, probe, 0); err != nil || where != filepath.Join(first, "vendor") {
+		t.Fatalf("fidius comes from %q (%v), not the vendored copy", where, err)
+	}
+	for round, word := range []string{"Hello", "Howdy", "Hi"} {
+		writeFile(t, filepath.Join(first, vendoring+".py"), source(word))
+		writeFile(t, filepath.Join(second, plain+".py"), sdkPluginSource(1, word, ""))
+		for _, c := range []struct {
+			h     *PluginHandle
+			names string
+		}{{b, "greet,registered"}, {a, "greet,registered,sdk"}} {
+			if err := c.h.Reload(); err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+			if s, err := Call[string](ctx, c.h, 0, "Ann"); err != nil || s != word+", Ann" {
+				t.Fatalf("round %d: %q, %v", round, s, err)
+			}
+			if names, err := Call[[]string](ctx, c.h, 1); err != nil || strings.Join(names, ",") != c.names {
+				t.Fatalf("round %d: registered %q, %v", round, names, err)
+			}
+		}
 	}
 }
