@@ -14,7 +14,6 @@ import (
 	"context"
 	"fmt"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -27,10 +26,9 @@ const keepBuffer = 1 << 20
 // PluginHandle is a loaded Python plugin. Its methods are safe for use by
 // any number of goroutines at once; calls into Python take turns on the GIL.
 type PluginHandle struct {
-	plugin   *plugin
-	slot     *C.fidius_slot // C memory: calls go through it, Reload and Close swap it
-	closed   atomic.Bool
-	reloadMu sync.Mutex
+	plugin *plugin
+	slot   *C.fidius_slot // C memory: calls go through it, Reload and Close swap it
+	closed atomic.Bool
 }
 
 // newHandle gives tab a slot of its own. The slot's memory is freed, and

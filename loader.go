@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync"
 
 	cpy "go.nhat.io/cpy/v3"
 	"go.uber.org/zap"
@@ -35,6 +36,21 @@ func WithLogger(l *zap.Logger) Option {
 			o.logger = l
 		}
 	}
+}
+
+// importMu serialises the imports the library starts: loads, reloads and
+// inspections. They share one sys.modules, and an import gives up the GIL
+// (a plugin's top level may sleep or read files), so without it a reload
+// could drop modules another load is still importing, or a load could pick
+// up a module a failed reload is about to put back. It is always taken
+// before the GIL, never while holding it.
+var importMu sync.Mutex
+
+// importing runs f holding importMu and the GIL.
+func importing(f func()) {
+	importMu.Lock()
+	defer importMu.Unlock()
+	withGIL(f)
 }
 
 // plugin is what a handle needs to import its plugin again.
@@ -60,7 +76,8 @@ type plugin struct {
 //
 // The interpreter has one sys.modules: a package whose entry module has
 // the name of a module already imported from elsewhere (another package's
-// entry module, say) is refused with ErrModuleConflict.
+// entry module, say) is refused with ErrModuleConflict. For the same reason
+// loads, reloads and InspectPythonPackage run one at a time.
 func LoadPythonPlugin(packageDir string, desc *InterfaceDescriptor, opts ...Option) (*PluginHandle, error) {
 	return load(packageDir, desc, nil, opts)
 }
@@ -100,7 +117,7 @@ func load(packageDir string, desc *InterfaceDescriptor, config []byte, opts []Op
 		tab      *C.fidius_table
 		inserted []string
 	)
-	withGIL(func() {
+	importing(func() {
 		inserted, err = prependSysPath(dir)
 		if err == nil {
 			tab, err = p.importTable()
@@ -309,7 +326,7 @@ func InspectPythonPackage(packageDir string) (*PackageReport, error) {
 	}
 	p := &plugin{dir: dir, entry: m.Python.EntryModule}
 	r := &PackageReport{Manifest: m}
-	withGIL(func() {
+	importing(func() {
 		if _, err = prependSysPath(dir); err != nil {
 			return
 		}
@@ -349,12 +366,14 @@ func InspectPythonPackage(packageDir string) (*PackageReport, error) {
 // If the reload fails, the handle keeps serving the old code, the old
 // modules are put back in sys.modules, and the error is returned, as
 // LoadPythonPlugin would return it.
+//
+// Loads and reloads run one at a time in the process. A module of the
+// package that another thread is importing (a call importing a helper
+// lazily) is dropped only once that import is over.
 func (h *PluginHandle) Reload() error {
-	h.reloadMu.Lock()
-	defer h.reloadMu.Unlock()
 	p := h.plugin
 	var err error
-	withGIL(func() {
+	importing(func() {
 		dir := cpy.PyUnicode_FromString(p.dir)
 		defer dir.DecRef()
 		saved := dropModules.CallFunctionObjArgs(dir)

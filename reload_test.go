@@ -304,3 +304,89 @@ func TestReloadWithVendoredSDK(t *testing.T) {
 		}
 	}
 }
+
+func TestConcurrentReloadsOfOnePackage(t *testing.T) {
+	// Three configured handles of one package reload at once after each
+	// edit. The module's top level sleeps, so imports overlap unless
+	// loads are serialised.
+	mod := moduleName(t)
+	source := func(v int) string {
+		return fmt.Sprintf("import time\ntime.sleep(0.005)\n__interface_hash__ = 1\nV = %d\n"+
+			"class G:\n    def __init__(self, c): self.c = c\n    def version(self): return [V, self.c]\n"+
+			"def __fidius_configure__(c): return G(c)\n", v)
+	}
+	dir := writePackage(t, mod, map[string]string{mod + ".py": source(0)})
+	d := &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "version"}}}
+	var handles []*PluginHandle
+	for i := 0; i < 3; i++ {
+		h, err := LoadPythonPluginConfigured(dir, d, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		handles = append(handles, h)
+	}
+	for round := 1; round <= 15; round++ {
+		writeFile(t, filepath.Join(dir, mod+".py"), source(round))
+		errs := make([]error, len(handles))
+		var wg sync.WaitGroup
+		for i, h := range handles {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = h.Reload()
+			}()
+		}
+		wg.Wait()
+		for i, h := range handles {
+			if errs[i] != nil {
+				t.Fatalf("round %d, handle %d: %v", round, i, errs[i])
+			}
+			if got, err := Call[[2]int](ctx, h, 0); err != nil || got != [2]int{round, i} {
+				t.Fatalf("round %d, handle %d serves %v (%v), want [%d %d]", round, i, got, err, round, i)
+			}
+		}
+	}
+}
+
+func TestLazyImportsDuringReloads(t *testing.T) {
+	// Calls import a package module lazily while the host reloads the
+	// package over and over: no call may fail because of a reload.
+	mod := moduleName(t)
+	dir := writePackage(t, mod, map[string]string{
+		mod + ".py": "import importlib\n__interface_hash__ = 1\n" +
+			"def word():\n    return importlib.import_module(__name__ + '_helper').WORD\n",
+		mod + "_helper.py": "import time\ntime.sleep(0.002)\nWORD = 'ok'\n",
+	})
+	h := mustLoad(t, dir, &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "word"}}})
+	var stop atomic.Bool
+	var calls, failures atomic.Int64
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				s, err := Call[string](ctx, h, 0)
+				calls.Add(1)
+				if err != nil || s != "ok" {
+					if failures.Add(1) <= 3 {
+						t.Errorf("call during reloads: %q, %v", s, err)
+					}
+				}
+			}
+		}()
+	}
+	for i := 0; i < 200; i++ {
+		if err := h.Reload(); err != nil {
+			t.Errorf("reload %d: %v", i, err)
+			break
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	if n := failures.Load(); n > 0 {
+		t.Fatalf("%d of %d calls failed during 200 reloads", n, calls.Load())
+	}
+	t.Logf("%d calls during 200 reloads", calls.Load())
+}

@@ -5,6 +5,7 @@
 
 import dataclasses
 import importlib
+import importlib._bootstrap
 import importlib.util
 import os
 import sys
@@ -15,6 +16,7 @@ _from_list = traceback.StackSummary.from_list
 _format_only = traceback.format_exception_only
 _fields = dataclasses.fields
 _spec_from_loader = importlib.util.spec_from_loader
+_module_lock = importlib._bootstrap._ModuleLockManager
 _field_cache = {}
 
 
@@ -118,14 +120,22 @@ def drop_modules(directory):
     Returns them, so that a failed reload can put them back. Their cached
     bytecode is removed too: an edit within the same second that keeps the
     file's size would otherwise pass the cache's check.
+
+    A module another thread is importing (a call importing a helper
+    lazily) is removed only once that import is over: the import machinery
+    takes the module back out of sys.modules when it finishes, and fails
+    if it is gone. Taking the module's import lock waits for that.
     """
     prefix = os.path.join(directory, "")
     dropped = {}
     for name, mod in list(sys.modules.items()):
         path = getattr(mod, "__file__", None)
         if isinstance(path, str) and os.path.abspath(path).startswith(prefix):
+            with _module_lock(name):
+                if sys.modules.get(name) is not mod:
+                    continue  # replaced or removed while we waited
+                del sys.modules[name]
             dropped[name] = mod
-            del sys.modules[name]
             cached = getattr(mod, "__cached__", None)
             if isinstance(cached, str):
                 try:
@@ -139,7 +149,9 @@ def drop_modules(directory):
 def restore_modules(directory, dropped):
     """Undo a failed reload: drop what it imported, put the old modules back."""
     drop_modules(directory)
-    sys.modules.update(dropped)
+    for name, mod in dropped.items():
+        with _module_lock(name):  # after any import of it in progress, as above
+            sys.modules[name] = mod
 
 
 class _EmbeddedSDK:
