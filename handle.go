@@ -50,8 +50,10 @@ func newHandle(p *plugin, tab *C.fidius_table) *PluginHandle {
 	return h
 }
 
-// Descriptor returns the descriptor the handle was loaded with.
-func (h *PluginHandle) Descriptor() *InterfaceDescriptor { return h.plugin.desc }
+// Descriptor returns a copy of the descriptor the handle was loaded with,
+// as it was at the load. The caller may change the copy; the handle keeps
+// its own.
+func (h *PluginHandle) Descriptor() *InterfaceDescriptor { return h.plugin.desc.clone() }
 
 // MethodCount returns the number of methods, the bound on method indexes.
 func (h *PluginHandle) MethodCount() int { return len(h.plugin.desc.Methods) }

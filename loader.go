@@ -68,6 +68,8 @@ type plugin struct {
 // sys.path, the entry module imported, its __interface_hash__ compared with
 // desc.InterfaceHash and each of desc's methods looked up as a callable
 // attribute of the module. Method i of the returned handle is desc.Methods[i].
+// The handle keeps its own copy of desc: changing desc afterwards does not
+// change the handle.
 //
 // Errors match ErrManifest, ErrNotPythonRuntime, ErrMissingPythonSection,
 // ErrImportFailed (an *ImportError when Python raised), ErrModuleConflict,
@@ -111,7 +113,7 @@ func load(packageDir string, desc *InterfaceDescriptor, config []byte, opts []Op
 	if err != nil {
 		return nil, err
 	}
-	p := &plugin{dir: dir, entry: m.Python.EntryModule, desc: desc, config: config, logger: o.logger}
+	p := &plugin{dir: dir, entry: m.Python.EntryModule, desc: desc.clone(), config: config, logger: o.logger}
 
 	var (
 		tab      *C.fidius_table
@@ -132,7 +134,7 @@ func load(packageDir string, desc *InterfaceDescriptor, config []byte, opts []Op
 	}
 	p.logger.Info("loaded python plugin",
 		zap.String("package", dir),
-		zap.String("interface", desc.InterfaceName),
+		zap.String("interface", p.desc.InterfaceName),
 		zap.String("entry_module", p.entry))
 	return newHandle(p, tab), nil
 }

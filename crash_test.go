@@ -1,0 +1,42 @@
+package fidius
+
+import (
+	"testing"
+	"time"
+)
+
+// Tests here used to crash the process; each runs its body in a child.
+
+func TestDescriptorGrownAfterLoad(t *testing.T) {
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, time.Minute))
+		return
+	}
+	dir, d := simplePlugin(t, "def one(): return 1\ndef two(): return 2\n", MethodDesc{Name: "one"})
+	d.Methods = make([]MethodDesc, 1, 4) // room to grow in place
+	d.Methods[0] = MethodDesc{Name: "one"}
+	h := mustLoad(t, dir, d)
+	d.Methods = append(d.Methods, MethodDesc{Name: "two"})
+	d.Methods[0].WireRaw = true
+	_, err := h.CallJSON(ctx, 1, nil)
+	wantErr(t, err, ErrInvalidMethodIndex, "1", "has 1 methods")
+	if got, err := Call[int](ctx, h, 0); err != nil || got != 1 {
+		t.Fatalf("method 0 after the caller changed its descriptor: %v, %v", got, err)
+	}
+	// Descriptor returns a copy: changing it changes nothing either.
+	mine := h.Descriptor()
+	mine.Methods = append(mine.Methods, MethodDesc{Name: "two"})
+	mine.Methods[0].Name = "renamed"
+	mine.InterfaceHash = 99
+	if got := h.Descriptor(); len(got.Methods) != 1 || got.Methods[0].Name != "one" || got.Methods[0].WireRaw || got.InterfaceHash != 0x1234 || h.MethodCount() != 1 {
+		t.Fatalf("the handle's descriptor changed: %+v, %d methods", got, h.MethodCount())
+	}
+	_, err = h.CallJSON(ctx, 1, nil)
+	wantErr(t, err, ErrInvalidMethodIndex)
+	if err := h.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Call[int](ctx, h, 0); err != nil || got != 1 {
+		t.Fatalf("after reload: %v, %v", got, err)
+	}
+}
