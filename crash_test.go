@@ -40,3 +40,37 @@ func TestDescriptorGrownAfterLoad(t *testing.T) {
 		t.Fatalf("after reload: %v, %v", got, err)
 	}
 }
+
+func TestDataclassFieldNameNotStr(t *testing.T) {
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, time.Minute))
+		return
+	}
+	dir, d := simplePlugin(t, `
+import dataclasses
+
+class Odd:
+    pass
+
+field = dataclasses.field()
+field.name = 1
+field._field_type = dataclasses._FIELD
+Odd.__dataclass_fields__ = {1: field}
+
+class Plain:
+    __dataclass_fields__ = {1: dataclasses.field()}
+
+def odd():
+    return [Odd()]
+
+def plain():
+    return Plain()
+`, MethodDesc{Name: "odd"}, MethodDesc{Name: "plain"})
+	h := mustLoad(t, dir, d)
+	_, err := h.CallJSON(ctx, 0, nil)
+	wantErr(t, err, ErrOutputEncode, `"odd"`, "TypeError: dataclass Odd has a field whose name is not a str: 1")
+	// A field that is not a dataclass field (no field type) is not listed.
+	if out, err := h.CallJSON(ctx, 1, nil); err != nil || string(out) != `{}` {
+		t.Fatalf("plain: %s, %v", out, err)
+	}
+}

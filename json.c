@@ -611,6 +611,14 @@ static int enc_dataclass(fidius_buf *b, PyObject *o) {
 	int rc = fidius_buf_putc(b, '{');
 	for (Py_ssize_t i = 0; rc == 0 && i < PyTuple_GET_SIZE(names); i++) {
 		PyObject *name = PyTuple_GET_ITEM(names, i);
+		if (!PyUnicode_Check(name)) {
+			// Field names come from the class's __dataclass_fields__,
+			// which a plugin can fill with anything.
+			PyErr_Format(PyExc_TypeError, "dataclass %.100s has a field whose name is not a str: %R",
+			             Py_TYPE(o)->tp_name, name);
+			rc = -1;
+			break;
+		}
 		if (i)
 			rc = fidius_buf_putc(b, ',');
 		if (rc == 0)
