@@ -1,6 +1,7 @@
 package fidius
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 )
@@ -72,5 +73,60 @@ def plain():
 	// A field that is not a dataclass field (no field type) is not listed.
 	if out, err := h.CallJSON(ctx, 1, nil); err != nil || string(out) != `{}` {
 		t.Fatalf("plain: %s, %v", out, err)
+	}
+}
+
+func TestEncoderDepthLimit(t *testing.T) {
+	// A plugin that raises the recursion limit must not be able to make
+	// the encoder overflow the C stack.
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, time.Minute))
+		return
+	}
+	dir, d := simplePlugin(t, `
+import dataclasses, sys
+
+@dataclasses.dataclass
+class Node:
+    next: object = None
+
+def deep(n, kind="list"):
+    sys.setrecursionlimit(10**6)
+    v = None
+    for _ in range(n):
+        v = {"a": v} if kind == "dict" else Node(v) if kind == "dataclass" else (v,) if kind == "tuple" else [v]
+    return v
+
+def cycle(kind):
+    sys.setrecursionlimit(10**6)
+    if kind == "list":
+        v = [1]
+        v.append(v)
+    elif kind == "dict":
+        v = {}
+        v["self"] = {"inner": v}
+    else:
+        v = Node()
+        v.next = [v]
+    return v
+`, MethodDesc{Name: "deep"}, MethodDesc{Name: "cycle"})
+	h := mustLoad(t, dir, d)
+	for _, kind := range []string{"list", "dict", "dataclass", "tuple"} {
+		// 1000 containers inside each other: the decoder's limit, and the encoder's.
+		out, err := Call[json.RawMessage](ctx, h, 0, 1000, kind)
+		if err != nil {
+			t.Fatalf("%s 1000 deep: %v", kind, err)
+		}
+		if !json.Valid(out) {
+			t.Fatalf("%s 1000 deep: invalid JSON", kind)
+		}
+		for _, n := range []int{1001, 200000} {
+			_, err := Call[json.RawMessage](ctx, h, 0, n, kind)
+			wantErr(t, err, ErrOutputEncode, `"deep"`, "ValueError: value nests deeper than 1000 levels")
+		}
+	}
+	for kind, what := range map[string]string{"list": "list", "dict": "dict", "dataclass": "Node"} {
+		_, err := h.CallJSON(ctx, 1, []byte(`"`+kind+`"`))
+		wantErr(t, err, ErrOutputEncode, `"cycle"`, "ValueError: the "+what+" contains itself")
 	}
 }

@@ -43,6 +43,9 @@
 // strict JSON (RFC 8259) in UTF-8, nested at most 1000 levels deep;
 // anything else is ErrInputDecode and nothing reaches Python. Integers are
 // limited only by Python's int/str conversion limit (4300 digits by default).
+// A result may nest at most 1000 levels deep too, whatever Python's
+// recursion limit is; a deeper one, or one that contains itself, is
+// ErrOutputEncode.
 //
 // # Errors
 //

@@ -11,7 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Deeper input is refused before any Python recursion limit is reached.
+// Deeper input is refused before any Python recursion limit is reached,
+// and deeper results before the encoder's C recursion can exhaust the stack.
 #define FIDIUS_MAX_DEPTH 1000
 
 extern PyObject *fidius_fields_fn;
@@ -506,7 +507,17 @@ static int enc_str(fidius_buf *b, PyObject *s) {
 	return fidius_buf_putc(b, '"');
 }
 
-static int enc(fidius_buf *b, PyObject *o);
+// The encoder's state for one value: the output and the containers being
+// encoded, outermost first, so that a result nesting too deep is refused
+// before the C stack runs out, whatever Python's recursion limit says (a
+// plugin may raise it), and a cycle can be named as such.
+typedef struct {
+	fidius_buf *b;
+	int depth;
+	PyObject *path[FIDIUS_MAX_DEPTH];
+} enc_state;
+
+static int enc(enc_state *e, PyObject *o);
 
 static int enc_int(fidius_buf *b, PyObject *o) {
 	int overflow;
@@ -553,14 +564,15 @@ static int enc_byte_array(fidius_buf *b, const unsigned char *p, Py_ssize_t n) {
 
 // Items are held while they are encoded: str() of an element runs Python
 // code that may mutate the container.
-static int enc_seq(fidius_buf *b, PyObject *o) {
+static int enc_seq(enc_state *e, PyObject *o) {
+	fidius_buf *b = e->b;
 	if (fidius_buf_putc(b, '[') < 0)
 		return -1;
 	int list = PyList_Check(o);
 	for (Py_ssize_t i = 0; i < (list ? PyList_GET_SIZE(o) : PyTuple_GET_SIZE(o)); i++) {
 		PyObject *item = list ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
 		Py_INCREF(item);
-		int rc = (i && fidius_buf_putc(b, ',') < 0) ? -1 : enc(b, item);
+		int rc = (i && fidius_buf_putc(b, ',') < 0) ? -1 : enc(e, item);
 		Py_DECREF(item);
 		if (rc < 0)
 			return -1;
@@ -579,7 +591,8 @@ static int enc_key(fidius_buf *b, PyObject *k) {
 	return rc;
 }
 
-static int enc_dict(fidius_buf *b, PyObject *o) {
+static int enc_dict(enc_state *e, PyObject *o) {
+	fidius_buf *b = e->b;
 	if (fidius_buf_putc(b, '{') < 0)
 		return -1;
 	Py_ssize_t pos = 0;
@@ -594,7 +607,7 @@ static int enc_dict(fidius_buf *b, PyObject *o) {
 		if (rc == 0)
 			rc = fidius_buf_putc(b, ':');
 		if (rc == 0)
-			rc = enc(b, v);
+			rc = enc(e, v);
 		Py_DECREF(k);
 		Py_DECREF(v);
 		if (rc < 0)
@@ -604,7 +617,8 @@ static int enc_dict(fidius_buf *b, PyObject *o) {
 	return fidius_buf_putc(b, '}');
 }
 
-static int enc_dataclass(fidius_buf *b, PyObject *o) {
+static int enc_dataclass(enc_state *e, PyObject *o) {
+	fidius_buf *b = e->b;
 	PyObject *names = PyObject_CallOneArg(fidius_fields_fn, o);
 	if (names == NULL)
 		return -1;
@@ -627,7 +641,7 @@ static int enc_dataclass(fidius_buf *b, PyObject *o) {
 			rc = fidius_buf_putc(b, ':');
 		if (rc == 0) {
 			PyObject *v = PyObject_GetAttr(o, name);
-			rc = v ? enc(b, v) : -1;
+			rc = v ? enc(e, v) : -1;
 			Py_XDECREF(v);
 		}
 	}
@@ -642,15 +656,32 @@ static int is_dataclass_instance(PyObject *o) {
 	return has;
 }
 
-static int enc_nested(fidius_buf *b, PyObject *o, int (*f)(fidius_buf *, PyObject *)) {
-	if (Py_EnterRecursiveCall(" while encoding a value as JSON"))
-		return -1;
-	int rc = f(b, o);
-	Py_LeaveRecursiveCall();
+// too_deep reports a container one level past the limit. Every container
+// on the path is alive (its parent holds it), so an address seen on the
+// path is the same object: the value contains itself.
+static int too_deep(enc_state *e, PyObject *o) {
+	for (int i = 0; i < e->depth; i++) {
+		if (e->path[i] == o) {
+			PyErr_Format(PyExc_ValueError, "the %.100s contains itself, which JSON cannot represent",
+			             Py_TYPE(o)->tp_name);
+			return -1;
+		}
+	}
+	PyErr_Format(PyExc_ValueError, "value nests deeper than %d levels", FIDIUS_MAX_DEPTH);
+	return -1;
+}
+
+static int enc_nested(enc_state *e, PyObject *o, int (*f)(enc_state *, PyObject *)) {
+	if (e->depth >= FIDIUS_MAX_DEPTH)
+		return too_deep(e, o);
+	e->path[e->depth++] = o;
+	int rc = f(e, o);
+	e->depth--;
 	return rc;
 }
 
-static int enc(fidius_buf *b, PyObject *o) {
+static int enc(enc_state *e, PyObject *o) {
+	fidius_buf *b = e->b;
 	if (o == Py_None)
 		return fidius_buf_put(b, "null", 4);
 	if (o == Py_True)
@@ -664,15 +695,15 @@ static int enc(fidius_buf *b, PyObject *o) {
 	if (PyFloat_Check(o))
 		return enc_float(b, o);
 	if (PyList_Check(o) || PyTuple_Check(o))
-		return enc_nested(b, o, enc_seq);
+		return enc_nested(e, o, enc_seq);
 	if (PyDict_Check(o))
-		return enc_nested(b, o, enc_dict);
+		return enc_nested(e, o, enc_dict);
 	if (PyBytes_Check(o))
 		return enc_byte_array(b, (const unsigned char *)PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o));
 	if (PyByteArray_Check(o))
 		return enc_byte_array(b, (const unsigned char *)PyByteArray_AS_STRING(o), PyByteArray_GET_SIZE(o));
 	if (is_dataclass_instance(o))
-		return enc_nested(b, o, enc_dataclass);
+		return enc_nested(e, o, enc_dataclass);
 	PyObject *s = PyObject_Str(o);
 	if (s == NULL)
 		return -1;
@@ -681,4 +712,9 @@ static int enc(fidius_buf *b, PyObject *o) {
 	return rc;
 }
 
-int fidius_json_encode(PyObject *o) { return enc(fidius_tls_buf(), o); }
+int fidius_json_encode(PyObject *o) {
+	enc_state e;
+	e.b = fidius_tls_buf();
+	e.depth = 0;
+	return enc(&e, o);
+}
