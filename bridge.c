@@ -234,13 +234,16 @@ static void message_error(fidius_result *r, int status, const char *msg) {
 		const char *name = ((PyTypeObject *)type)->tp_name;
 		fidius_buf_put(b, ": ", 2);
 		fidius_buf_put(b, name, strlen(name));
+		// Lone surrogates in the text have no UTF-8 form: escaped, the
+		// rest of the message survives.
 		PyObject *s = value ? PyObject_Str(value) : NULL;
-		const char *text = s ? PyUnicode_AsUTF8(s) : NULL;
-		if (text != NULL && text[0] != '\0') {
+		PyObject *text = s ? PyUnicode_AsEncodedString(s, "utf-8", "backslashreplace") : NULL;
+		if (text != NULL && PyBytes_GET_SIZE(text) > 0) {
 			fidius_buf_put(b, ": ", 2);
-			fidius_buf_put(b, text, strlen(text));
+			fidius_buf_put(b, PyBytes_AS_STRING(text), (size_t)PyBytes_GET_SIZE(text));
 		}
 		PyErr_Clear();
+		Py_XDECREF(text);
 		Py_XDECREF(s);
 		Py_XDECREF(type);
 		Py_XDECREF(value);

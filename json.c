@@ -44,9 +44,10 @@ static void fail_py(dec *d, const char *at) {
 	PyObject *type, *value, *tb;
 	PyErr_Fetch(&type, &value, &tb);
 	PyObject *s = value ? PyObject_Str(value) : NULL;
-	const char *text = s ? PyUnicode_AsUTF8(s) : NULL;
+	PyObject *text = s ? PyUnicode_AsEncodedString(s, "utf-8", "backslashreplace") : NULL;
 	PyErr_Clear();
-	fail(d, at, "%s", text ? text : "cannot convert value");
+	fail(d, at, "%s", text ? PyBytes_AS_STRING(text) : "cannot convert value");
+	Py_XDECREF(text);
 	Py_XDECREF(s);
 	Py_XDECREF(type);
 	Py_XDECREF(value);

@@ -268,7 +268,7 @@ func (p *plugin) checkLocation(mod *cpy.PyObject) error {
 		return nil
 	}
 	return fmt.Errorf("%w: entry module %q of package %s is %s, loaded from outside the package; plugins share one sys.modules, so give the entry module a name of its own",
-		ErrModuleConflict, p.entry, p.dir, cpy.PyUnicode_AsUTF8(where))
+		ErrModuleConflict, p.entry, p.dir, pyText(where))
 }
 
 // readHash returns the module's __interface_hash__. GIL held.
@@ -349,7 +349,7 @@ func InspectPythonPackage(packageDir string) (*PackageReport, error) {
 		}
 		defer names.DecRef()
 		for i, n := 0, cpy.PyList_Size(names); i < n; i++ {
-			r.Methods = append(r.Methods, cpy.PyUnicode_AsUTF8(cpy.PyList_GetItem(names, i)))
+			r.Methods = append(r.Methods, pyText(cpy.PyList_GetItem(names, i)))
 		}
 	})
 	if err != nil {
@@ -416,7 +416,7 @@ func typeName(o *cpy.PyObject) string {
 		return "object"
 	}
 	defer n.DecRef()
-	return cpy.PyUnicode_AsUTF8(n)
+	return pyText(n)
 }
 
 // reprOf returns repr(o), or "?" if that fails. GIL held.
@@ -427,5 +427,5 @@ func reprOf(o *cpy.PyObject) string {
 		return "?"
 	}
 	defer r.DecRef()
-	return cpy.PyUnicode_AsUTF8(r)
+	return pyText(r)
 }
