@@ -257,7 +257,10 @@ func (p *plugin) configure(mod *cpy.PyObject) (*cpy.PyObject, error) {
 // checkLocation makes sure the imported entry module is the package's own.
 // GIL held.
 func (p *plugin) checkLocation(mod *cpy.PyObject) error {
-	dir := cpy.PyUnicode_FromString(p.dir)
+	dir := pyPath(p.dir)
+	if dir == nil {
+		return fmt.Errorf("%w: locating module %q: %s", ErrImportFailed, p.entry, clearError())
+	}
 	defer dir.DecRef()
 	where := foreignLocation.CallFunctionObjArgs(mod, dir)
 	if where == nil {
@@ -376,7 +379,11 @@ func (h *PluginHandle) Reload() error {
 	p := h.plugin
 	var err error
 	importing(func() {
-		dir := cpy.PyUnicode_FromString(p.dir)
+		dir := pyPath(p.dir)
+		if dir == nil {
+			err = fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
+			return
+		}
 		defer dir.DecRef()
 		saved := dropModules.CallFunctionObjArgs(dir)
 		if saved == nil {

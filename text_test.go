@@ -1,6 +1,9 @@
 package fidius
 
 import (
+	"encoding/hex"
+	"os"
+	"path/filepath"
 	"runtime"
 	"testing"
 )
@@ -71,5 +74,37 @@ def ok():
 	wantErr(t, err, ErrOutputEncode, `return value cannot be encoded as JSON: ValueError: no str for \udcff`)
 	if s, err := Call[string](ctx, h, 1); err != nil || s != "ok" {
 		t.Fatalf("the next call on this thread: %q, %v", s, err)
+	}
+}
+
+// TestPackageDirectoryNotUTF8 loads a package from a directory whose name
+// is not valid UTF-8: Python names such paths with surrogate escapes.
+func TestPackageDirectoryNotUTF8(t *testing.T) {
+	writeBytecode(t)
+	mod := moduleName(t)
+	dir := filepath.Join(t.TempDir(), "pkg\xff\xfe")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Skipf("this file system refuses the name: %v", err)
+	}
+	writeFile(t, filepath.Join(dir, "package.toml"), pythonManifest(mod))
+	writeFile(t, filepath.Join(dir, mod+".py"), "import os, sys\n__interface_hash__ = 1\n"+
+		"def where(): return [os.fsencode(__file__).hex(), os.fsencode(sys.path[1]).hex()]\n")
+	h := mustLoad(t, dir, &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "where"}}})
+	want := [2]string{hex.EncodeToString([]byte(filepath.Join(dir, mod+".py"))), hex.EncodeToString([]byte(dir))}
+	if got, err := Call[[2]string](ctx, h, 0); err != nil || got != want {
+		t.Fatalf("got %q, %v; want %q", got, err, want)
+	}
+	writeFile(t, filepath.Join(dir, mod+".py"), "__interface_hash__ = 1\ndef where(): return ['reloaded', '']\n")
+	if err := h.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Call[[2]string](ctx, h, 0); err != nil || got[0] != "reloaded" {
+		t.Fatalf("after reload: %q, %v", got, err)
+	}
+	// Loading it again finds its sys.path entries already there.
+	before := len(sysPath(t))
+	mustLoad(t, dir, &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "where"}}})
+	if after := len(sysPath(t)); after != before {
+		t.Fatalf("sys.path grew from %d to %d entries on a second load", before, after)
 	}
 }
