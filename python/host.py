@@ -10,6 +10,7 @@ import importlib.util
 import os
 import sys
 import traceback
+import weakref
 
 _extract_tb = traceback.extract_tb
 _from_list = traceback.StackSummary.from_list
@@ -17,7 +18,10 @@ _format_only = traceback.format_exception_only
 _fields = dataclasses.fields
 _spec_from_loader = importlib.util.spec_from_loader
 _module_lock = importlib._bootstrap._ModuleLockManager
-_field_cache = {}
+# Weak keys: a class defined inside a method, or in a module a reload
+# replaced, must die with its last instance, not live on in the cache (it
+# would keep its module alive through its methods' globals).
+_field_cache = weakref.WeakKeyDictionary()
 
 
 def _text(value):
@@ -70,10 +74,15 @@ def describe(exc, structured):
 def field_names(obj):
     """Return the field names of a dataclass instance, cached per class."""
     cls = type(obj)
-    names = _field_cache.get(cls)
-    if names is None:
-        names = tuple(f.name for f in _fields(obj))
+    try:
+        return _field_cache[cls]
+    except (KeyError, TypeError):  # TypeError: a class that takes no weak references
+        pass
+    names = tuple(f.name for f in _fields(obj))
+    try:
         _field_cache[cls] = names
+    except TypeError:
+        pass
     return names
 
 
