@@ -459,17 +459,37 @@ void fidius_release_pending(void) {
 	fidius_gil_release();
 }
 
+// defines_iter reports whether o's type has an __iter__ of its own (one
+// set to None, which Python reads as "not iterable", does not count). The
+// pending exception is kept.
+static int defines_iter(PyObject *o) {
+	if (Py_TYPE(o)->tp_iter == NULL)
+		return 0;
+	PyObject *type, *value, *tb;
+	PyErr_Fetch(&type, &value, &tb);
+	PyObject *fn = PyObject_GetAttrString((PyObject *)Py_TYPE(o), "__iter__");
+	int defined = fn != NULL && fn != Py_None;
+	Py_XDECREF(fn);
+	PyErr_Clear();
+	PyErr_Restore(type, value, tb);
+	return defined;
+}
+
 fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl) {
 	fidius_result r = {0};
 	PyObject *res = enter_json(s, i, in, n, ctl, &r);
 	if (res != NULL) {
 		r.obj = PyObject_GetIter(res);
-		if (r.obj == NULL) {
+		if (r.obj == NULL && PyErr_ExceptionMatches(PyExc_TypeError) && !defines_iter(res)) {
 			char msg[200];
 			snprintf(msg, sizeof msg, "streaming method must return an iterable, not %.100s",
 			         Py_TYPE(res)->tp_name);
 			PyErr_Clear();
 			message_error(&r, FIDIUS_OUTPUT, msg);
+		} else if (r.obj == NULL) {
+			// The result's own __iter__ raised: that is the plugin's error,
+			// a fidius.PluginError included.
+			describe_error(&r, 1);
 		}
 		Py_DECREF(res);
 	}
