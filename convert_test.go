@@ -141,3 +141,25 @@ func TestDeepInputIsRefused(t *testing.T) {
 	_, err := h.CallJSON(ctx, idx(t, h, "sink"), []byte(deep))
 	wantErr(t, err, ErrInputDecode, "deeper than 1000")
 }
+
+func TestInputRawBytesAreStrictUTF8(t *testing.T) {
+	h := greeter(t)
+	types := idx(t, h, "types")
+	// An escaped lone surrogate is kept, as Python's json module keeps it,
+	// also next to raw multi-byte UTF-8.
+	out, err := h.CallJSON(ctx, types, []byte(`["\ud800 é"]`))
+	if err != nil || string(out) != `[["str","'\\ud800 é'"]]` {
+		t.Fatalf("escaped lone surrogate: %s, %v", out, err)
+	}
+	// A surrogate encoded in raw bytes (ED A0 80) is not UTF-8, whatever
+	// escapes share its string.
+	for _, in := range []string{
+		"[\"\\ud800 \xed\xa0\x80\"]",
+		"[\"\xed\xa0\x80 \\ud800\"]",
+		"[\"\\n \xed\xa0\x80\"]",
+		"[\"\xed\xa0\x80\"]",
+	} {
+		_, err := h.CallJSON(ctx, types, []byte(in))
+		wantErr(t, err, ErrInputDecode, "offset 1: string is not valid UTF-8")
+	}
+}

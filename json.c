@@ -183,7 +183,10 @@ static char *put_utf8(char *o, unsigned c) {
 
 // unescape decodes the escapes of a string body into UTF-8. Escaped lone
 // surrogates are kept (as Python's json module keeps them), written in the
-// form the "surrogatepass" error handler reads back.
+// form the "surrogatepass" error handler reads back. That handler would
+// let a raw surrogate in the input through as well, so a body with an
+// escaped lone surrogate has its raw bytes checked first: escapes are
+// ASCII, so the body is valid UTF-8 exactly when its raw bytes are.
 static PyObject *unescape(dec *d, const char *s, const char *e) {
 	char small[256];
 	size_t cap = (size_t)(e - s);
@@ -234,7 +237,15 @@ static PyObject *unescape(dec *d, const char *s, const char *e) {
 			goto bad;
 		}
 	}
-	PyObject *str = PyUnicode_DecodeUTF8(buf, o - buf, lone ? "surrogatepass" : NULL);
+	PyObject *str = NULL;
+	if (lone) {
+		PyObject *raw = PyUnicode_DecodeUTF8(s, e - s, NULL);
+		if (raw != NULL)
+			str = PyUnicode_DecodeUTF8(buf, o - buf, "surrogatepass");
+		Py_XDECREF(raw);
+	} else {
+		str = PyUnicode_DecodeUTF8(buf, o - buf, NULL);
+	}
 	if (str == NULL)
 		fail(d, s - 1, "string is not valid UTF-8");
 	PyErr_Clear();
