@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	cpy "go.nhat.io/cpy/v3"
@@ -74,7 +75,9 @@ type plugin struct {
 // Errors match ErrManifest, ErrNotPythonRuntime, ErrMissingPythonSection,
 // ErrImportFailed (an *ImportError when Python raised), ErrModuleConflict,
 // ErrInterfaceHashMismatch (a *HashMismatchError), ErrMissingAttr or
-// ErrMethodNotRegistered.
+// ErrMethodNotRegistered. A method name containing a NUL byte is
+// ErrMethodNotRegistered before anything is imported: Python could not
+// look it up.
 //
 // The interpreter has one sys.modules: a package whose entry module has
 // the name of a module already imported from elsewhere (another package's
@@ -108,6 +111,14 @@ func load(packageDir string, desc *InterfaceDescriptor, config []byte, opts []Op
 	}
 	if desc == nil {
 		return nil, errors.New("fidius: nil interface descriptor")
+	}
+	for i, md := range desc.Methods {
+		// Python's C API reads attribute names as C strings: a NUL would
+		// cut the name short and resolve another attribute.
+		if strings.IndexByte(md.Name, 0) >= 0 {
+			return nil, fmt.Errorf("%w: method %d (%q) of interface %q: a method name cannot contain a NUL byte",
+				ErrMethodNotRegistered, i, md.Name, desc.InterfaceName)
+		}
 	}
 	dir, m, err := openPythonPackage(packageDir)
 	if err != nil {

@@ -108,3 +108,16 @@ func TestPackageDirectoryNotUTF8(t *testing.T) {
 		t.Fatalf("sys.path grew from %d to %d entries on a second load", before, after)
 	}
 }
+
+func TestMethodNameWithNUL(t *testing.T) {
+	// Python's C API reads attribute names up to the first NUL: "greet\x00x"
+	// would resolve to greet. Such names are refused before anything is
+	// imported (importing this module fails).
+	mod := moduleName(t)
+	dir := writePackage(t, mod, map[string]string{mod + ".py": "raise RuntimeError('imported')\n"})
+	d := &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "greet"}, {Name: "greet\x00x"}}}
+	_, err := LoadPythonPlugin(dir, d)
+	wantErr(t, err, ErrMethodNotRegistered, `method 1 ("greet\x00x") of interface "T": a method name cannot contain a NUL byte`)
+	_, err = LoadPythonPluginConfigured(dir, d, 1)
+	wantErr(t, err, ErrMethodNotRegistered, "NUL")
+}
