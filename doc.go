@@ -34,6 +34,7 @@
 //	string                        str                  string
 //	array                         list                 array (from list or tuple)
 //	object                        dict                 object; keys that are not str become str(key)
+//	                                                   (two keys giving one JSON key are ErrOutputEncode)
 //	                              bytes, bytearray     array of byte values
 //	                              dataclass instance   object of its fields
 //	                              anything else        str(obj)

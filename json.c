@@ -592,41 +592,89 @@ static int enc_seq(enc_state *e, PyObject *o) {
 	return fidius_buf_putc(b, ']');
 }
 
-static int enc_key(fidius_buf *b, PyObject *k) {
+// json_key returns the JSON key a dict key becomes, as an exact str (a
+// str subclass compares and hashes like its text), or NULL with an error.
+static PyObject *json_key(PyObject *k) {
 	if (PyUnicode_Check(k))
-		return enc_str(b, k);
+		return PyUnicode_FromObject(k);
 	PyObject *s = PyObject_Str(k);
-	if (s == NULL)
-		return -1;
-	int rc = enc_str(b, s);
+	if (s == NULL || PyUnicode_CheckExact(s))
+		return s;
+	PyObject *exact = PyUnicode_FromObject(s);
 	Py_DECREF(s);
-	return rc;
+	return exact;
+}
+
+// remember records that key k became the JSON key text; a second dict key
+// becoming the same text is an error naming both.
+static int remember(PyObject *seen, PyObject *text, PyObject *k) {
+	PyObject *prev = PyDict_SetDefault(seen, text, k); // borrowed
+	if (prev == NULL)
+		return -1;
+	if (prev != k) {
+		PyErr_Format(PyExc_ValueError, "keys %R and %R of a dict are both the JSON key %R", prev, k, text);
+		return -1;
+	}
+	return 0;
+}
+
+// seen_before starts the duplicate check on meeting the first key that is
+// not a str, from the keys written before it (at positions below limit).
+// Distinct str keys cannot collide, so a dict of str keys never pays for
+// the check.
+static PyObject *seen_before(PyObject *o, Py_ssize_t limit) {
+	PyObject *seen = PyDict_New();
+	if (seen == NULL)
+		return NULL;
+	Py_ssize_t pos = 0;
+	PyObject *k, *v;
+	while (PyDict_Next(o, &pos, &k, &v) && pos <= limit) {
+		Py_INCREF(k);
+		PyObject *text = json_key(k);
+		int rc = text ? remember(seen, text, k) : -1;
+		Py_XDECREF(text);
+		Py_DECREF(k);
+		if (rc < 0) {
+			Py_DECREF(seen);
+			return NULL;
+		}
+	}
+	return seen;
 }
 
 static int enc_dict(enc_state *e, PyObject *o) {
 	fidius_buf *b = e->b;
 	if (fidius_buf_putc(b, '{') < 0)
 		return -1;
-	Py_ssize_t pos = 0;
+	Py_ssize_t pos = 0, before = 0;
 	PyObject *k, *v;
-	int first = 1;
-	while (PyDict_Next(o, &pos, &k, &v)) {
+	PyObject *seen = NULL; // JSON key -> dict key, once a key is not a str
+	int rc = 0;
+	while (rc == 0 && PyDict_Next(o, &pos, &k, &v)) {
 		Py_INCREF(k);
 		Py_INCREF(v);
-		int rc = (!first && fidius_buf_putc(b, ',') < 0) ? -1 : 0;
+		if (!PyUnicode_Check(k) && seen == NULL && (seen = seen_before(o, before)) == NULL)
+			rc = -1;
+		PyObject *text = NULL;
+		if (rc == 0 && (seen != NULL || !PyUnicode_Check(k))) {
+			text = json_key(k);
+			rc = text == NULL ? -1 : seen != NULL ? remember(seen, text, k) : 0;
+		}
+		if (rc == 0 && before > 0)
+			rc = fidius_buf_putc(b, ',');
 		if (rc == 0)
-			rc = enc_key(b, k);
+			rc = enc_str(b, text != NULL ? text : k);
 		if (rc == 0)
 			rc = fidius_buf_putc(b, ':');
 		if (rc == 0)
 			rc = enc(e, v);
+		Py_XDECREF(text);
 		Py_DECREF(k);
 		Py_DECREF(v);
-		if (rc < 0)
-			return -1;
-		first = 0;
+		before = pos;
 	}
-	return fidius_buf_putc(b, '}');
+	Py_XDECREF(seen);
+	return rc < 0 ? -1 : fidius_buf_putc(b, '}');
 }
 
 static int enc_dataclass(enc_state *e, PyObject *o) {
