@@ -18,10 +18,13 @@ _format_only = traceback.format_exception_only
 _fields = dataclasses.fields
 _spec_from_loader = importlib.util.spec_from_loader
 _module_lock = importlib._bootstrap._ModuleLockManager
-# Weak keys: a class defined inside a method, or in a module a reload
-# replaced, must die with its last instance, not live on in the cache (it
-# would keep its module alive through its methods' globals).
-_field_cache = weakref.WeakKeyDictionary()
+_ref = weakref.ref
+# Keyed by weak references: a class defined inside a method, or in a module
+# a reload replaced, must die with its last instance, not live on in the
+# cache (it would keep its module alive through its methods' globals). A
+# plain dict rather than a WeakKeyDictionary, whose Python-level lookup
+# costs more than the field listing it saves.
+_field_cache = {}
 
 
 def _text(value):
@@ -74,16 +77,17 @@ def describe(exc, structured):
 def field_names(obj):
     """Return the field names of a dataclass instance, cached per class."""
     cls = type(obj)
-    try:
-        return _field_cache[cls]
-    except (KeyError, TypeError):  # TypeError: a class that takes no weak references
-        pass
-    names = tuple(f.name for f in _fields(obj))
-    try:
-        _field_cache[cls] = names
-    except TypeError:
-        pass
+    # A weak reference without a callback is the class's shared one, and
+    # equals any other live reference to the same class.
+    names = _field_cache.get(_ref(cls))
+    if names is None:
+        names = tuple(f.name for f in _fields(obj))
+        _field_cache[_ref(cls, _forget_fields)] = names
     return names
+
+
+def _forget_fields(ref):
+    _field_cache.pop(ref, None)
 
 
 class CallCancelled(BaseException):
