@@ -253,13 +253,16 @@ static void message_error(fidius_result *r, int status, const char *msg) {
 		const char *name = ((PyTypeObject *)type)->tp_name;
 		fidius_buf_put(b, ": ", 2);
 		fidius_buf_put(b, name, strlen(name));
+		// Lone surrogates in the text have no UTF-8 form: escaped, the
+		// rest of the message survives.
 		PyObject *s = value ? PyObject_Str(value) : NULL;
-		const char *text = s ? PyUnicode_AsUTF8(s) : NULL;
-		if (text != NULL && text[0] != '\0') {
+		PyObject *text = s ? PyUnicode_AsEncodedString(s, "utf-8", "backslashreplace") : NULL;
+		if (text != NULL && PyBytes_GET_SIZE(text) > 0) {
 			fidius_buf_put(b, ": ", 2);
-			fidius_buf_put(b, text, strlen(text));
+			fidius_buf_put(b, PyBytes_AS_STRING(text), (size_t)PyBytes_GET_SIZE(text));
 		}
 		PyErr_Clear();
+		Py_XDECREF(text);
 		Py_XDECREF(s);
 		Py_XDECREF(type);
 		Py_XDECREF(value);
@@ -492,18 +495,37 @@ void fidius_release_pending(void) {
 	fidius_gil_release();
 }
 
+// defines_iter reports whether o's type has an __iter__ of its own (one
+// set to None, which Python reads as "not iterable", does not count). The
+// pending exception is kept.
+static int defines_iter(PyObject *o) {
+	if (Py_TYPE(o)->tp_iter == NULL)
+		return 0;
+	PyObject *exc = fidius_err_take();
+	PyObject *fn = PyObject_GetAttrString((PyObject *)Py_TYPE(o), "__iter__");
+	int defined = fn != NULL && fn != Py_None;
+	Py_XDECREF(fn);
+	PyErr_Clear();
+	fidius_err_restore(exc);
+	return defined;
+}
+
 fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl) {
 	fidius_result r = {0};
 	PyObject *res = enter_json(s, i, in, n, ctl, &r);
 	if (res != NULL) {
 		r.obj = PyObject_GetIter(res);
 		settle(ctl);
-		if (r.obj == NULL) {
+		if (r.obj == NULL && PyErr_ExceptionMatches(PyExc_TypeError) && !defines_iter(res)) {
 			char msg[200];
 			snprintf(msg, sizeof msg, "streaming method must return an iterable, not %.100s",
 			         Py_TYPE(res)->tp_name);
 			PyErr_Clear();
 			message_error(&r, FIDIUS_OUTPUT, msg);
+		} else if (r.obj == NULL) {
+			// The result's own __iter__ raised: that is the plugin's error,
+			// a fidius.PluginError included.
+			describe_error(&r, 1);
 		}
 		Py_DECREF(res);
 	}

@@ -141,3 +141,70 @@ func TestDeepInputIsRefused(t *testing.T) {
 	_, err := h.CallJSON(ctx, idx(t, h, "sink"), []byte(deep))
 	wantErr(t, err, ErrInputDecode, "deeper than 1000")
 }
+
+func TestInputRawBytesAreStrictUTF8(t *testing.T) {
+	h := greeter(t)
+	types := idx(t, h, "types")
+	// An escaped lone surrogate is kept, as Python's json module keeps it,
+	// also next to raw multi-byte UTF-8.
+	out, err := h.CallJSON(ctx, types, []byte(`["\ud800 é"]`))
+	if err != nil || string(out) != `[["str","'\\ud800 é'"]]` {
+		t.Fatalf("escaped lone surrogate: %s, %v", out, err)
+	}
+	// A surrogate encoded in raw bytes (ED A0 80) is not UTF-8, whatever
+	// escapes share its string.
+	for _, in := range []string{
+		"[\"\\ud800 \xed\xa0\x80\"]",
+		"[\"\xed\xa0\x80 \\ud800\"]",
+		"[\"\\n \xed\xa0\x80\"]",
+		"[\"\xed\xa0\x80\"]",
+	} {
+		_, err := h.CallJSON(ctx, types, []byte(in))
+		wantErr(t, err, ErrInputDecode, "offset 1: string is not valid UTF-8")
+	}
+}
+
+func TestDuplicateJSONKeysAreRefused(t *testing.T) {
+	dir, d := simplePlugin(t, `
+class S(str):
+    pass
+
+class Key:
+    def __str__(self):
+        return "k"
+    def __repr__(self):
+        return "Key()"
+
+CASES = {
+    "int_then_str": {1: "a", "1": "b"},
+    "str_then_int": {"1": "b", 1: "a"},
+    "late": {"x": 0, "y": 1, 2: "a", "z": 3, "2": "b"},
+    "two_non_str": {Key(): 1, "a": 2, "k": 3},
+    "subclass": {S("1"): "b", 1: "a"},
+    "distinct": {1: "a", "2": "b", None: "c", "None2": "d"},
+    "plain": {"a": 1, "b": {"c": 2}},
+}
+
+def keys(kind):
+    return CASES[kind]
+`, MethodDesc{Name: "keys"})
+	h := mustLoad(t, dir, d)
+	for kind, dup := range map[string]string{
+		"int_then_str": `keys 1 and '1' of a dict are both the JSON key '1'`,
+		"str_then_int": `keys '1' and 1 of a dict are both the JSON key '1'`,
+		"late":         `keys 2 and '2' of a dict are both the JSON key '2'`,
+		"two_non_str":  `keys Key() and 'k' of a dict are both the JSON key 'k'`,
+		"subclass":     `keys '1' and 1 of a dict are both the JSON key '1'`,
+	} {
+		_, err := h.CallJSON(ctx, 0, []byte(`"`+kind+`"`))
+		wantErr(t, err, ErrOutputEncode, `"keys"`, "ValueError: keys ", dup)
+	}
+	for kind, want := range map[string]string{
+		"distinct": `{"1":"a","2":"b","None":"c","None2":"d"}`,
+		"plain":    `{"a":1,"b":{"c":2}}`,
+	} {
+		if out, err := h.CallJSON(ctx, 0, []byte(`"`+kind+`"`)); err != nil || string(out) != want {
+			t.Errorf("%s: %s, %v", kind, out, err)
+		}
+	}
+}

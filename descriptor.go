@@ -43,6 +43,15 @@ func (d *InterfaceDescriptor) MethodIndex(name string) (int, bool) {
 	return -1, false
 }
 
+// clone returns a copy that shares nothing with d: a handle keeps its own,
+// so that a caller growing or editing its descriptor after the load cannot
+// make the handle index past its method table.
+func (d *InterfaceDescriptor) clone() *InterfaceDescriptor {
+	c := *d
+	c.Methods = append([]MethodDesc(nil), d.Methods...)
+	return &c
+}
+
 // FNV-1a, 64-bit.
 const (
 	fnvOffset = 0xcbf29ce484222325

@@ -34,6 +34,7 @@
 //	string                        str                  string
 //	array                         list                 array (from list or tuple)
 //	object                        dict                 object; keys that are not str become str(key)
+//	                                                   (two keys giving one JSON key are ErrOutputEncode)
 //	                              bytes, bytearray     array of byte values
 //	                              dataclass instance   object of its fields
 //	                              anything else        str(obj)
@@ -43,6 +44,9 @@
 // strict JSON (RFC 8259) in UTF-8, nested at most 1000 levels deep;
 // anything else is ErrInputDecode and nothing reaches Python. Integers are
 // limited only by Python's int/str conversion limit (4300 digits by default).
+// A result may nest at most 1000 levels deep too, whatever Python's
+// recursion limit is; a deeper one, or one that contains itself, is
+// ErrOutputEncode.
 //
 // # Errors
 //

@@ -35,7 +35,8 @@ var (
 	// such as __interface_hash__.
 	ErrMissingAttr = errors.New("entry module is missing a required attribute")
 	// ErrMethodNotRegistered reports an interface method the entry module
-	// does not define, or defines as something that is not callable.
+	// does not define, or defines as something that is not callable, or a
+	// descriptor method name with a NUL byte, which Python cannot look up.
 	ErrMethodNotRegistered = errors.New("method not registered")
 	// ErrInvalidMethodIndex reports a method index outside [0, MethodCount()).
 	ErrInvalidMethodIndex = errors.New("invalid method index")

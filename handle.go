@@ -14,7 +14,6 @@ import (
 	"context"
 	"fmt"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"unsafe"
 )
@@ -26,10 +25,9 @@ const keepBuffer = 1 << 20
 // PluginHandle is a loaded Python plugin. Its methods are safe for use by
 // any number of goroutines at once; calls into Python take turns on the GIL.
 type PluginHandle struct {
-	plugin   *plugin
-	slot     *C.fidius_slot // C memory: calls go through it, Reload and Close swap it
-	closed   atomic.Bool
-	reloadMu sync.Mutex
+	plugin *plugin
+	slot   *C.fidius_slot // C memory: calls go through it, Reload and Close swap it
+	closed atomic.Bool
 }
 
 // newHandle gives tab a slot of its own. The slot's memory is freed, and
@@ -50,8 +48,10 @@ func newHandle(p *plugin, tab *C.fidius_table) *PluginHandle {
 	return h
 }
 
-// Descriptor returns the descriptor the handle was loaded with.
-func (h *PluginHandle) Descriptor() *InterfaceDescriptor { return h.plugin.desc }
+// Descriptor returns a copy of the descriptor the handle was loaded with,
+// as it was at the load. The caller may change the copy; the handle keeps
+// its own.
+func (h *PluginHandle) Descriptor() *InterfaceDescriptor { return h.plugin.desc.clone() }
 
 // MethodCount returns the number of methods, the bound on method indexes.
 func (h *PluginHandle) MethodCount() int { return len(h.plugin.desc.Methods) }

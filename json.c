@@ -11,7 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Deeper input is refused before any Python recursion limit is reached.
+// Deeper input is refused before any Python recursion limit is reached,
+// and deeper results before the encoder's C recursion can exhaust the stack.
 #define FIDIUS_MAX_DEPTH 1000
 
 extern PyObject *fidius_fields_fn;
@@ -43,9 +44,10 @@ static void fail_py(dec *d, const char *at) {
 	PyObject *type, *value, *tb;
 	PyErr_Fetch(&type, &value, &tb);
 	PyObject *s = value ? PyObject_Str(value) : NULL;
-	const char *text = s ? PyUnicode_AsUTF8(s) : NULL;
+	PyObject *text = s ? PyUnicode_AsEncodedString(s, "utf-8", "backslashreplace") : NULL;
 	PyErr_Clear();
-	fail(d, at, "%s", text ? text : "cannot convert value");
+	fail(d, at, "%s", text ? PyBytes_AS_STRING(text) : "cannot convert value");
+	Py_XDECREF(text);
 	Py_XDECREF(s);
 	Py_XDECREF(type);
 	Py_XDECREF(value);
@@ -181,7 +183,10 @@ static char *put_utf8(char *o, unsigned c) {
 
 // unescape decodes the escapes of a string body into UTF-8. Escaped lone
 // surrogates are kept (as Python's json module keeps them), written in the
-// form the "surrogatepass" error handler reads back.
+// form the "surrogatepass" error handler reads back. That handler would
+// let a raw surrogate in the input through as well, so a body with an
+// escaped lone surrogate has its raw bytes checked first: escapes are
+// ASCII, so the body is valid UTF-8 exactly when its raw bytes are.
 static PyObject *unescape(dec *d, const char *s, const char *e) {
 	char small[256];
 	size_t cap = (size_t)(e - s);
@@ -232,7 +237,15 @@ static PyObject *unescape(dec *d, const char *s, const char *e) {
 			goto bad;
 		}
 	}
-	PyObject *str = PyUnicode_DecodeUTF8(buf, o - buf, lone ? "surrogatepass" : NULL);
+	PyObject *str = NULL;
+	if (lone) {
+		PyObject *raw = PyUnicode_DecodeUTF8(s, e - s, NULL);
+		if (raw != NULL)
+			str = PyUnicode_DecodeUTF8(buf, o - buf, "surrogatepass");
+		Py_XDECREF(raw);
+	} else {
+		str = PyUnicode_DecodeUTF8(buf, o - buf, NULL);
+	}
 	if (str == NULL)
 		fail(d, s - 1, "string is not valid UTF-8");
 	PyErr_Clear();
@@ -506,7 +519,17 @@ static int enc_str(fidius_buf *b, PyObject *s) {
 	return fidius_buf_putc(b, '"');
 }
 
-static int enc(fidius_buf *b, PyObject *o);
+// The encoder's state for one value: the output and the containers being
+// encoded, outermost first, so that a result nesting too deep is refused
+// before the C stack runs out, whatever Python's recursion limit says (a
+// plugin may raise it), and a cycle can be named as such.
+typedef struct {
+	fidius_buf *b;
+	int depth;
+	PyObject *path[FIDIUS_MAX_DEPTH];
+} enc_state;
+
+static int enc(enc_state *e, PyObject *o);
 
 static int enc_int(fidius_buf *b, PyObject *o) {
 	int overflow;
@@ -553,14 +576,15 @@ static int enc_byte_array(fidius_buf *b, const unsigned char *p, Py_ssize_t n) {
 
 // Items are held while they are encoded: str() of an element runs Python
 // code that may mutate the container.
-static int enc_seq(fidius_buf *b, PyObject *o) {
+static int enc_seq(enc_state *e, PyObject *o) {
+	fidius_buf *b = e->b;
 	if (fidius_buf_putc(b, '[') < 0)
 		return -1;
 	int list = PyList_Check(o);
 	for (Py_ssize_t i = 0; i < (list ? PyList_GET_SIZE(o) : PyTuple_GET_SIZE(o)); i++) {
 		PyObject *item = list ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
 		Py_INCREF(item);
-		int rc = (i && fidius_buf_putc(b, ',') < 0) ? -1 : enc(b, item);
+		int rc = (i && fidius_buf_putc(b, ',') < 0) ? -1 : enc(e, item);
 		Py_DECREF(item);
 		if (rc < 0)
 			return -1;
@@ -568,49 +592,107 @@ static int enc_seq(fidius_buf *b, PyObject *o) {
 	return fidius_buf_putc(b, ']');
 }
 
-static int enc_key(fidius_buf *b, PyObject *k) {
+// json_key returns the JSON key a dict key becomes, as an exact str (a
+// str subclass compares and hashes like its text), or NULL with an error.
+static PyObject *json_key(PyObject *k) {
 	if (PyUnicode_Check(k))
-		return enc_str(b, k);
+		return PyUnicode_FromObject(k);
 	PyObject *s = PyObject_Str(k);
-	if (s == NULL)
-		return -1;
-	int rc = enc_str(b, s);
+	if (s == NULL || PyUnicode_CheckExact(s))
+		return s;
+	PyObject *exact = PyUnicode_FromObject(s);
 	Py_DECREF(s);
-	return rc;
+	return exact;
 }
 
-static int enc_dict(fidius_buf *b, PyObject *o) {
-	if (fidius_buf_putc(b, '{') < 0)
+// remember records that key k became the JSON key text; a second dict key
+// becoming the same text is an error naming both.
+static int remember(PyObject *seen, PyObject *text, PyObject *k) {
+	PyObject *prev = PyDict_SetDefault(seen, text, k); // borrowed
+	if (prev == NULL)
 		return -1;
+	if (prev != k) {
+		PyErr_Format(PyExc_ValueError, "keys %R and %R of a dict are both the JSON key %R", prev, k, text);
+		return -1;
+	}
+	return 0;
+}
+
+// seen_before starts the duplicate check on meeting the first key that is
+// not a str, from the keys written before it (at positions below limit).
+// Distinct str keys cannot collide, so a dict of str keys never pays for
+// the check.
+static PyObject *seen_before(PyObject *o, Py_ssize_t limit) {
+	PyObject *seen = PyDict_New();
+	if (seen == NULL)
+		return NULL;
 	Py_ssize_t pos = 0;
 	PyObject *k, *v;
-	int first = 1;
-	while (PyDict_Next(o, &pos, &k, &v)) {
+	while (PyDict_Next(o, &pos, &k, &v) && pos <= limit) {
+		Py_INCREF(k);
+		PyObject *text = json_key(k);
+		int rc = text ? remember(seen, text, k) : -1;
+		Py_XDECREF(text);
+		Py_DECREF(k);
+		if (rc < 0) {
+			Py_DECREF(seen);
+			return NULL;
+		}
+	}
+	return seen;
+}
+
+static int enc_dict(enc_state *e, PyObject *o) {
+	fidius_buf *b = e->b;
+	if (fidius_buf_putc(b, '{') < 0)
+		return -1;
+	Py_ssize_t pos = 0, before = 0;
+	PyObject *k, *v;
+	PyObject *seen = NULL; // JSON key -> dict key, once a key is not a str
+	int rc = 0;
+	while (rc == 0 && PyDict_Next(o, &pos, &k, &v)) {
 		Py_INCREF(k);
 		Py_INCREF(v);
-		int rc = (!first && fidius_buf_putc(b, ',') < 0) ? -1 : 0;
+		if (!PyUnicode_Check(k) && seen == NULL && (seen = seen_before(o, before)) == NULL)
+			rc = -1;
+		PyObject *text = NULL;
+		if (rc == 0 && (seen != NULL || !PyUnicode_Check(k))) {
+			text = json_key(k);
+			rc = text == NULL ? -1 : seen != NULL ? remember(seen, text, k) : 0;
+		}
+		if (rc == 0 && before > 0)
+			rc = fidius_buf_putc(b, ',');
 		if (rc == 0)
-			rc = enc_key(b, k);
+			rc = enc_str(b, text != NULL ? text : k);
 		if (rc == 0)
 			rc = fidius_buf_putc(b, ':');
 		if (rc == 0)
-			rc = enc(b, v);
+			rc = enc(e, v);
+		Py_XDECREF(text);
 		Py_DECREF(k);
 		Py_DECREF(v);
-		if (rc < 0)
-			return -1;
-		first = 0;
+		before = pos;
 	}
-	return fidius_buf_putc(b, '}');
+	Py_XDECREF(seen);
+	return rc < 0 ? -1 : fidius_buf_putc(b, '}');
 }
 
-static int enc_dataclass(fidius_buf *b, PyObject *o) {
+static int enc_dataclass(enc_state *e, PyObject *o) {
+	fidius_buf *b = e->b;
 	PyObject *names = PyObject_CallOneArg(fidius_fields_fn, o);
 	if (names == NULL)
 		return -1;
 	int rc = fidius_buf_putc(b, '{');
 	for (Py_ssize_t i = 0; rc == 0 && i < PyTuple_GET_SIZE(names); i++) {
 		PyObject *name = PyTuple_GET_ITEM(names, i);
+		if (!PyUnicode_Check(name)) {
+			// Field names come from the class's __dataclass_fields__,
+			// which a plugin can fill with anything.
+			PyErr_Format(PyExc_TypeError, "dataclass %.100s has a field whose name is not a str: %R",
+			             Py_TYPE(o)->tp_name, name);
+			rc = -1;
+			break;
+		}
 		if (i)
 			rc = fidius_buf_putc(b, ',');
 		if (rc == 0)
@@ -619,7 +701,7 @@ static int enc_dataclass(fidius_buf *b, PyObject *o) {
 			rc = fidius_buf_putc(b, ':');
 		if (rc == 0) {
 			PyObject *v = PyObject_GetAttr(o, name);
-			rc = v ? enc(b, v) : -1;
+			rc = v ? enc(e, v) : -1;
 			Py_XDECREF(v);
 		}
 	}
@@ -634,15 +716,32 @@ static int is_dataclass_instance(PyObject *o) {
 	return has;
 }
 
-static int enc_nested(fidius_buf *b, PyObject *o, int (*f)(fidius_buf *, PyObject *)) {
-	if (Py_EnterRecursiveCall(" while encoding a value as JSON"))
-		return -1;
-	int rc = f(b, o);
-	Py_LeaveRecursiveCall();
+// too_deep reports a container one level past the limit. Every container
+// on the path is alive (its parent holds it), so an address seen on the
+// path is the same object: the value contains itself.
+static int too_deep(enc_state *e, PyObject *o) {
+	for (int i = 0; i < e->depth; i++) {
+		if (e->path[i] == o) {
+			PyErr_Format(PyExc_ValueError, "the %.100s contains itself, which JSON cannot represent",
+			             Py_TYPE(o)->tp_name);
+			return -1;
+		}
+	}
+	PyErr_Format(PyExc_ValueError, "value nests deeper than %d levels", FIDIUS_MAX_DEPTH);
+	return -1;
+}
+
+static int enc_nested(enc_state *e, PyObject *o, int (*f)(enc_state *, PyObject *)) {
+	if (e->depth >= FIDIUS_MAX_DEPTH)
+		return too_deep(e, o);
+	e->path[e->depth++] = o;
+	int rc = f(e, o);
+	e->depth--;
 	return rc;
 }
 
-static int enc(fidius_buf *b, PyObject *o) {
+static int enc(enc_state *e, PyObject *o) {
+	fidius_buf *b = e->b;
 	if (o == Py_None)
 		return fidius_buf_put(b, "null", 4);
 	if (o == Py_True)
@@ -656,15 +755,15 @@ static int enc(fidius_buf *b, PyObject *o) {
 	if (PyFloat_Check(o))
 		return enc_float(b, o);
 	if (PyList_Check(o) || PyTuple_Check(o))
-		return enc_nested(b, o, enc_seq);
+		return enc_nested(e, o, enc_seq);
 	if (PyDict_Check(o))
-		return enc_nested(b, o, enc_dict);
+		return enc_nested(e, o, enc_dict);
 	if (PyBytes_Check(o))
 		return enc_byte_array(b, (const unsigned char *)PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o));
 	if (PyByteArray_Check(o))
 		return enc_byte_array(b, (const unsigned char *)PyByteArray_AS_STRING(o), PyByteArray_GET_SIZE(o));
 	if (is_dataclass_instance(o))
-		return enc_nested(b, o, enc_dataclass);
+		return enc_nested(e, o, enc_dataclass);
 	PyObject *s = PyObject_Str(o);
 	if (s == NULL)
 		return -1;
@@ -673,4 +772,9 @@ static int enc(fidius_buf *b, PyObject *o) {
 	return rc;
 }
 
-int fidius_json_encode(PyObject *o) { return enc(fidius_tls_buf(), o); }
+int fidius_json_encode(PyObject *o) {
+	enc_state e;
+	e.b = fidius_tls_buf();
+	e.depth = 0;
+	return enc(&e, o);
+}

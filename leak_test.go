@@ -2,6 +2,7 @@ package fidius
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 )
 
@@ -69,5 +70,94 @@ func TestNoPythonLeakPerCall(t *testing.T) {
 	// eight adds thousands.
 	if after-before > 500 {
 		t.Fatalf("allocated blocks grew from %d to %d over 20,000 calls", before, after)
+	}
+}
+
+// TestNoLeakOfDataclassesDefinedPerCall returns an instance of a dataclass
+// the method defines anew on every call: once the call is over, the class
+// must be collectable.
+func TestNoLeakOfDataclassesDefinedPerCall(t *testing.T) {
+	g := greeter(t)
+	dir, d := simplePlugin(t, `
+import dataclasses
+
+def make(n):
+    @dataclasses.dataclass
+    class Local:
+        n: int
+        label: str = "local"
+    return Local(n)
+`, MethodDesc{Name: "make"})
+	h := mustLoad(t, dir, d)
+	calls := func(n int) {
+		for i := 0; i < n; i++ {
+			out, err := h.CallJSON(ctx, 0, []byte(fmt.Sprint(i)))
+			if err != nil || string(out) != fmt.Sprintf(`{"n":%d,"label":"local"}`, i) {
+				t.Fatalf("call %d: %s, %v", i, out, err)
+			}
+		}
+	}
+	count := func() int {
+		n, err := Call[int](ctx, g, idx(t, g, "allocated_blocks"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	calls(200)
+	before := count()
+	calls(2000)
+	if after := count(); after-before > 500 {
+		t.Fatalf("allocated blocks grew from %d to %d over 2,000 calls", before, after)
+	}
+}
+
+// TestReloadReleasesTheOldModule checks that nothing the library keeps (the
+// dataclass field cache, the SDK registry) holds on to a module a reload
+// replaced.
+func TestReloadReleasesTheOldModule(t *testing.T) {
+	probeDir, probeDesc := simplePlugin(t, `
+import gc
+REFS = []
+def alive():
+    gc.collect()
+    return [r() is not None for r in REFS]
+`, MethodDesc{Name: "alive"})
+	probe := mustLoad(t, probeDir, probeDesc)
+	probeMod := moduleName(t)
+	dir, d := simplePlugin(t, `
+import dataclasses, weakref
+from fidius import method
+import `+probeMod+` as probe
+
+class Marker:
+    pass
+
+MARKER = Marker()
+probe.REFS.append(weakref.ref(MARKER))
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+@method
+def point():
+    return Point(1)
+`, MethodDesc{Name: "point"})
+	h := mustLoad(t, dir, d)
+	for i := 0; i < 3; i++ {
+		if out, err := h.CallJSON(ctx, 0, nil); err != nil || string(out) != `{"x":1}` {
+			t.Fatalf("call before reload %d: %s, %v", i, out, err)
+		}
+		if err := h.Reload(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alive, err := Call[[]bool](ctx, probe, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(alive) != "[false false false true]" {
+		t.Fatalf("modules alive after three reloads (oldest first): %v, want only the current one", alive)
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
+	"sync"
 
 	cpy "go.nhat.io/cpy/v3"
 	"go.uber.org/zap"
@@ -37,6 +39,21 @@ func WithLogger(l *zap.Logger) Option {
 	}
 }
 
+// importMu serialises the imports the library starts: loads, reloads and
+// inspections. They share one sys.modules, and an import gives up the GIL
+// (a plugin's top level may sleep or read files), so without it a reload
+// could drop modules another load is still importing, or a load could pick
+// up a module a failed reload is about to put back. It is always taken
+// before the GIL, never while holding it.
+var importMu sync.Mutex
+
+// importing runs f holding importMu and the GIL.
+func importing(f func()) {
+	importMu.Lock()
+	defer importMu.Unlock()
+	withGIL(f)
+}
+
 // plugin is what a handle needs to import its plugin again.
 type plugin struct {
 	dir    string // absolute and clean
@@ -52,15 +69,20 @@ type plugin struct {
 // sys.path, the entry module imported, its __interface_hash__ compared with
 // desc.InterfaceHash and each of desc's methods looked up as a callable
 // attribute of the module. Method i of the returned handle is desc.Methods[i].
+// The handle keeps its own copy of desc: changing desc afterwards does not
+// change the handle.
 //
 // Errors match ErrManifest, ErrNotPythonRuntime, ErrMissingPythonSection,
 // ErrImportFailed (an *ImportError when Python raised), ErrModuleConflict,
 // ErrInterfaceHashMismatch (a *HashMismatchError), ErrMissingAttr or
-// ErrMethodNotRegistered.
+// ErrMethodNotRegistered. A method name containing a NUL byte is
+// ErrMethodNotRegistered before anything is imported: Python could not
+// look it up.
 //
 // The interpreter has one sys.modules: a package whose entry module has
 // the name of a module already imported from elsewhere (another package's
-// entry module, say) is refused with ErrModuleConflict.
+// entry module, say) is refused with ErrModuleConflict. For the same reason
+// loads, reloads and InspectPythonPackage run one at a time.
 func LoadPythonPlugin(packageDir string, desc *InterfaceDescriptor, opts ...Option) (*PluginHandle, error) {
 	return load(packageDir, desc, nil, opts)
 }
@@ -90,17 +112,25 @@ func load(packageDir string, desc *InterfaceDescriptor, config []byte, opts []Op
 	if desc == nil {
 		return nil, errors.New("fidius: nil interface descriptor")
 	}
+	for i, md := range desc.Methods {
+		// Python's C API reads attribute names as C strings: a NUL would
+		// cut the name short and resolve another attribute.
+		if strings.IndexByte(md.Name, 0) >= 0 {
+			return nil, fmt.Errorf("%w: method %d (%q) of interface %q: a method name cannot contain a NUL byte",
+				ErrMethodNotRegistered, i, md.Name, desc.InterfaceName)
+		}
+	}
 	dir, m, err := openPythonPackage(packageDir)
 	if err != nil {
 		return nil, err
 	}
-	p := &plugin{dir: dir, entry: m.Python.EntryModule, desc: desc, config: config, logger: o.logger}
+	p := &plugin{dir: dir, entry: m.Python.EntryModule, desc: desc.clone(), config: config, logger: o.logger}
 
 	var (
 		tab      *C.fidius_table
 		inserted []string
 	)
-	withGIL(func() {
+	importing(func() {
 		inserted, err = prependSysPath(dir)
 		if err == nil {
 			tab, err = p.importTable()
@@ -115,7 +145,7 @@ func load(packageDir string, desc *InterfaceDescriptor, config []byte, opts []Op
 	}
 	p.logger.Info("loaded python plugin",
 		zap.String("package", dir),
-		zap.String("interface", desc.InterfaceName),
+		zap.String("interface", p.desc.InterfaceName),
 		zap.String("entry_module", p.entry))
 	return newHandle(p, tab), nil
 }
@@ -238,7 +268,10 @@ func (p *plugin) configure(mod *cpy.PyObject) (*cpy.PyObject, error) {
 // checkLocation makes sure the imported entry module is the package's own.
 // GIL held.
 func (p *plugin) checkLocation(mod *cpy.PyObject) error {
-	dir := cpy.PyUnicode_FromString(p.dir)
+	dir := pyPath(p.dir)
+	if dir == nil {
+		return fmt.Errorf("%w: locating module %q: %s", ErrImportFailed, p.entry, clearError())
+	}
 	defer dir.DecRef()
 	where := foreignLocation.CallFunctionObjArgs(mod, dir)
 	if where == nil {
@@ -249,7 +282,7 @@ func (p *plugin) checkLocation(mod *cpy.PyObject) error {
 		return nil
 	}
 	return fmt.Errorf("%w: entry module %q of package %s is %s, loaded from outside the package; plugins share one sys.modules, so give the entry module a name of its own",
-		ErrModuleConflict, p.entry, p.dir, cpy.PyUnicode_AsUTF8(where))
+		ErrModuleConflict, p.entry, p.dir, pyText(where))
 }
 
 // readHash returns the module's __interface_hash__. GIL held.
@@ -309,7 +342,7 @@ func InspectPythonPackage(packageDir string) (*PackageReport, error) {
 	}
 	p := &plugin{dir: dir, entry: m.Python.EntryModule}
 	r := &PackageReport{Manifest: m}
-	withGIL(func() {
+	importing(func() {
 		if _, err = prependSysPath(dir); err != nil {
 			return
 		}
@@ -330,7 +363,7 @@ func InspectPythonPackage(packageDir string) (*PackageReport, error) {
 		}
 		defer names.DecRef()
 		for i, n := 0, cpy.PyList_Size(names); i < n; i++ {
-			r.Methods = append(r.Methods, cpy.PyUnicode_AsUTF8(cpy.PyList_GetItem(names, i)))
+			r.Methods = append(r.Methods, pyText(cpy.PyList_GetItem(names, i)))
 		}
 	})
 	if err != nil {
@@ -349,13 +382,19 @@ func InspectPythonPackage(packageDir string) (*PackageReport, error) {
 // If the reload fails, the handle keeps serving the old code, the old
 // modules are put back in sys.modules, and the error is returned, as
 // LoadPythonPlugin would return it.
+//
+// Loads and reloads run one at a time in the process. A module of the
+// package that another thread is importing (a call importing a helper
+// lazily) is dropped only once that import is over.
 func (h *PluginHandle) Reload() error {
-	h.reloadMu.Lock()
-	defer h.reloadMu.Unlock()
 	p := h.plugin
 	var err error
-	withGIL(func() {
-		dir := cpy.PyUnicode_FromString(p.dir)
+	importing(func() {
+		dir := pyPath(p.dir)
+		if dir == nil {
+			err = fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
+			return
+		}
 		defer dir.DecRef()
 		saved := dropModules.CallFunctionObjArgs(dir)
 		if saved == nil {
@@ -395,7 +434,7 @@ func typeName(o *cpy.PyObject) string {
 		return "object"
 	}
 	defer n.DecRef()
-	return cpy.PyUnicode_AsUTF8(n)
+	return pyText(n)
 }
 
 // reprOf returns repr(o), or "?" if that fails. GIL held.
@@ -406,5 +445,5 @@ func reprOf(o *cpy.PyObject) string {
 		return "?"
 	}
 	defer r.DecRef()
-	return cpy.PyUnicode_AsUTF8(r)
+	return pyText(r)
 }

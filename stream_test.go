@@ -207,3 +207,42 @@ func TestConcurrentStreams(t *testing.T) {
 		t.Fatalf("events %q", ev)
 	}
 }
+
+func TestStreamIterErrors(t *testing.T) {
+	dir, d := simplePlugin(t, `
+from fidius import PluginError
+
+class Feed:
+    def __iter__(self):
+        raise PluginError("AUTH", "token expired", details={"retry": False})
+
+class BrokenIter:
+    def __iter__(self):
+        raise TypeError("broken inside __iter__")
+
+class NoIter:
+    __iter__ = None
+
+def feed(): return Feed()
+def broken(): return BrokenIter()
+def none_iter(): return NoIter()
+def number(): return 42
+`, MethodDesc{Name: "feed", Streaming: true}, MethodDesc{Name: "broken", Streaming: true},
+		MethodDesc{Name: "none_iter", Streaming: true}, MethodDesc{Name: "number", Streaming: true})
+	h := mustLoad(t, dir, d)
+	_, err := collect(t, h.CallStream(ctx, 0, nil))
+	var perr *PluginError
+	if !errors.As(err, &perr) || perr.Code != "AUTH" || perr.Message != "token expired" || string(perr.Details) != `{"retry":false}` {
+		t.Fatalf("__iter__ raising PluginError: %v", err)
+	}
+	// A TypeError raised by an __iter__ the type does define is the plugin's.
+	_, err = collect(t, h.CallStream(ctx, 1, nil))
+	if !errors.As(err, &perr) || perr.Code != "TypeError" || perr.Message != "broken inside __iter__" || !strings.Contains(string(perr.Details), "in __iter__") {
+		t.Fatalf("__iter__ raising TypeError: %v", err)
+	}
+	// Types without __iter__ are not iterable: the result is the problem.
+	_, err = collect(t, h.CallStream(ctx, 2, nil))
+	wantErr(t, err, ErrOutputEncode, `"none_iter"`, "streaming method must return an iterable, not NoIter")
+	_, err = collect(t, h.CallStream(ctx, 3, nil))
+	wantErr(t, err, ErrOutputEncode, `"number"`, "streaming method must return an iterable, not int")
+}

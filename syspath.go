@@ -34,7 +34,10 @@ func prependSysPath(dir string) ([]string, error) {
 		if onSysPath(path, p) {
 			continue
 		}
-		s := cpy.PyUnicode_FromString(p)
+		s := pyPath(p)
+		if s == nil {
+			return inserted, fmt.Errorf("%w: inserting %s into sys.path: %s", ErrImportFailed, p, clearError())
+		}
 		rc := cpy.PyList_Insert(path, 0, s)
 		s.DecRef()
 		if rc != 0 {
@@ -51,11 +54,9 @@ func onSysPath(path *cpy.PyObject, p string) bool {
 		if !cpy.PyUnicode_Check(item) {
 			continue
 		}
-		s := cpy.PyUnicode_AsUTF8(item)
-		if s == "" {
-			cpy.PyErr_Clear() // an entry with lone surrogates has no UTF-8 form
-		}
-		if s == p {
+		// Compared as the paths they name: an entry may hold bytes
+		// that are not UTF-8 (surrogate-escaped), as may dir.
+		if s, ok := goPath(item); ok && s == p {
 			return true
 		}
 	}

@@ -6,16 +6,25 @@
 import dataclasses
 import faulthandler
 import importlib
+import importlib._bootstrap
 import importlib.util
 import os
 import sys
 import traceback
+import weakref
 
 _extract_tb = traceback.extract_tb
 _from_list = traceback.StackSummary.from_list
 _format_only = traceback.format_exception_only
 _fields = dataclasses.fields
 _spec_from_loader = importlib.util.spec_from_loader
+_module_lock = importlib._bootstrap._ModuleLockManager
+_ref = weakref.ref
+# Keyed by weak references: a class defined inside a method, or in a module
+# a reload replaced, must die with its last instance, not live on in the
+# cache (it would keep its module alive through its methods' globals). A
+# plain dict rather than a WeakKeyDictionary, whose Python-level lookup
+# costs more than the field listing it saves.
 _field_cache = {}
 
 
@@ -69,11 +78,17 @@ def describe(exc, structured):
 def field_names(obj):
     """Return the field names of a dataclass instance, cached per class."""
     cls = type(obj)
-    names = _field_cache.get(cls)
+    # A weak reference without a callback is the class's shared one, and
+    # equals any other live reference to the same class.
+    names = _field_cache.get(_ref(cls))
     if names is None:
         names = tuple(f.name for f in _fields(obj))
-        _field_cache[cls] = names
+        _field_cache[_ref(cls, _forget_fields)] = names
     return names
+
+
+def _forget_fields(ref):
+    _field_cache.pop(ref, None)
 
 
 class CallCancelled(BaseException):
@@ -119,14 +134,22 @@ def drop_modules(directory):
     Returns them, so that a failed reload can put them back. Their cached
     bytecode is removed too: an edit within the same second that keeps the
     file's size would otherwise pass the cache's check.
+
+    A module another thread is importing (a call importing a helper
+    lazily) is removed only once that import is over: the import machinery
+    takes the module back out of sys.modules when it finishes, and fails
+    if it is gone. Taking the module's import lock waits for that.
     """
     prefix = os.path.join(directory, "")
     dropped = {}
     for name, mod in list(sys.modules.items()):
         path = getattr(mod, "__file__", None)
         if isinstance(path, str) and os.path.abspath(path).startswith(prefix):
+            with _module_lock(name):
+                if sys.modules.get(name) is not mod:
+                    continue  # replaced or removed while we waited
+                del sys.modules[name]
             dropped[name] = mod
-            del sys.modules[name]
             cached = getattr(mod, "__cached__", None)
             if isinstance(cached, str):
                 try:
@@ -140,7 +163,9 @@ def drop_modules(directory):
 def restore_modules(directory, dropped):
     """Undo a failed reload: drop what it imported, put the old modules back."""
     drop_modules(directory)
-    sys.modules.update(dropped)
+    for name, mod in dropped.items():
+        with _module_lock(name):  # after any import of it in progress, as above
+            sys.modules[name] = mod
 
 
 class _EmbeddedSDK:
