@@ -17,9 +17,14 @@
 // search paths of directories and archives. The fidius-py command
 // (cmd/fidius-py) inspects, calls, stubs, signs and verifies packages.
 //
-// Every call takes a context. A context that ends while Python runs the
-// call interrupts it at the next bytecode boundary (not inside a blocking
-// C function), and the call returns the context's error.
+// Every call takes a context. When it ends, the call returns the
+// context's error at once, whatever Python is doing; the call is stopped in
+// the background at the next line of the plugin's own code (never inside
+// the standard library or vendor/), after a grace period for the plugin's
+// cleanup. Calls under a context that cannot end (context.Background) run
+// on the caller's goroutine and pay nothing for this. At most
+// SetThreadLimit OS threads are inside Python at once; other callers wait
+// as goroutines.
 //
 // # Values
 //
