@@ -5,8 +5,10 @@ go 1.24
 require (
 	github.com/BurntSushi/toml v1.4.0
 	github.com/dsnet/compress v0.0.1
-	go.nhat.io/cpy/v3 v3.11.2
 	go.uber.org/zap v1.27.0
 )
 
-require go.uber.org/multierr v1.10.0 // indirect
+require (
+	github.com/stretchr/testify v1.10.0 // indirect
+	go.uber.org/multierr v1.10.0 // indirect
+)

@@ -1,6 +1,6 @@
 // This file owns the process's one embedded interpreter: starting it once,
-// taking the GIL for Go code that drives Python through cpy3, the host's
-// private Python helpers, and the embedded copy of the fidius SDK.
+// the host's private Python helpers, and the embedded copy of the fidius
+// SDK.
 
 package fidius
 
@@ -23,8 +23,6 @@ import (
 	"strings"
 	"sync"
 	"unsafe"
-
-	cpy "go.nhat.io/cpy/v3"
 )
 
 //go:embed python/host.py
@@ -40,11 +38,11 @@ var (
 	startErr  error
 
 	// Helpers from host.py, owned for the life of the process.
-	dropModules     *cpy.PyObject
-	restoreModules  *cpy.PyObject
-	foreignLocation *cpy.PyObject
-	ensureSDK       *cpy.PyObject
-	registeredNames *cpy.PyObject
+	dropModules     *pyObject
+	restoreModules  *pyObject
+	foreignLocation *pyObject
+	ensureSDK       *pyObject
+	registeredNames *pyObject
 )
 
 // ensureInterpreter starts the interpreter the first time it is called;
@@ -79,26 +77,26 @@ func startInterpreter() error {
 	if mod == nil {
 		return takeImportError("<fidius-go>/host.py")
 	}
-	defer mod.DecRef()
+	defer mod.decRef()
 
 	// The helpers C needs are borrowed for the call that hands them over;
 	// the ones Go calls are kept for the life of the process.
-	var describe, fields, install, cancelled *cpy.PyObject
+	var describe, fields, install, cancelled *pyObject
 	defer func() {
-		describe.DecRef() // nil-safe: a lookup may have failed
-		fields.DecRef()
-		install.DecRef()
-		cancelled.DecRef()
+		describe.decRef() // nil-safe: a lookup may have failed
+		fields.decRef()
+		install.decRef()
+		cancelled.decRef()
 	}()
 	for _, h := range []struct {
 		name string
-		dst  **cpy.PyObject
+		dst  **pyObject
 	}{
 		{"describe", &describe}, {"field_names", &fields}, {"install_sdk", &install}, {"CallCancelled", &cancelled},
 		{"drop_modules", &dropModules}, {"restore_modules", &restoreModules}, {"foreign_location", &foreignLocation},
 		{"ensure_sdk", &ensureSDK}, {"registered_methods", &registeredNames},
 	} {
-		if *h.dst = mod.GetAttrString(h.name); *h.dst == nil {
+		if *h.dst = mod.getAttr(h.name); *h.dst == nil {
 			return takeImportError("<fidius-go>/host.py")
 		}
 	}
@@ -108,14 +106,14 @@ func startInterpreter() error {
 	if err != nil {
 		return err
 	}
-	defer sources.DecRef()
-	pycache := cpy.PyUnicode_FromString(pycacheDir())
-	defer pycache.DecRef()
-	res := install.CallFunctionObjArgs(sources, pycache)
+	defer sources.decRef()
+	pycache := pyString(pycacheDir())
+	defer pycache.decRef()
+	res := install.call(sources, pycache)
 	if res == nil {
 		return takeImportError("fidius (embedded SDK)")
 	}
-	res.DecRef()
+	res.decRef()
 	return nil
 }
 
@@ -129,10 +127,10 @@ func pycacheDir() string {
 	return filepath.Join(base, "fidius-go", "pycache")
 }
 
-// sdkSources builds {module name: (is_package, source)} from the embedded
+// sdkSources builds {module name: [is_package, source]} from the embedded
 // SDK files. GIL held.
-func sdkSources() (*cpy.PyObject, error) {
-	dict := cpy.PyDict_New()
+func sdkSources() (*pyObject, error) {
+	sources := map[string][2]any{}
 	err := fs.WalkDir(sdkFiles, "python", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -146,31 +144,23 @@ func sdkSources() (*cpy.PyObject, error) {
 		if isPkg {
 			mod = strings.TrimSuffix(mod, ".__init__")
 		}
-		entry := cpy.PyTuple_New(2)
-		cpy.PyTuple_SetItem(entry, 0, cpy.PyBool_FromLong(btoi(isPkg)))
-		cpy.PyTuple_SetItem(entry, 1, cpy.PyUnicode_FromString(string(src)))
-		cpy.PyDict_SetItemString(dict, mod, entry)
-		entry.DecRef()
+		sources[mod] = [2]any{isPkg, string(src)}
 		return nil
 	})
 	if err != nil {
-		dict.DecRef()
 		return nil, fmt.Errorf("%w: embedded SDK: %v", ErrImportFailed, err)
+	}
+	b, err := json.Marshal(sources)
+	if err != nil {
+		return nil, fmt.Errorf("%w: embedded SDK: %v", ErrImportFailed, err)
+	}
+	var r C.fidius_result
+	dict := fromC(C.fidius_decode_value((*C.char)(unsafe.Pointer(&b[0])), C.size_t(len(b)), &r))
+	if dict == nil {
+		return nil, fmt.Errorf("%w: embedded SDK: %s", ErrImportFailed, C.GoStringN(r.data, C.int(r.len)))
 	}
 	return dict, nil
 }
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-// fromC and toC convert between this package's C view of a Python object
-// and cpy3's; both name the same C type.
-func fromC(p *C.PyObject) *cpy.PyObject { return (*cpy.PyObject)(unsafe.Pointer(p)) }
-func toC(p *cpy.PyObject) *C.PyObject   { return (*C.PyObject)(unsafe.Pointer(p)) }
 
 // pyException is a Python exception read out of the interpreter.
 type pyException struct {

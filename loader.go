@@ -17,7 +17,6 @@ import (
 	"strings"
 	"sync"
 
-	cpy "go.nhat.io/cpy/v3"
 	"go.uber.org/zap"
 )
 
@@ -172,14 +171,14 @@ func openPythonPackage(packageDir string) (string, *Manifest, error) {
 
 // importEntry imports the entry module and makes sure it is the
 // package's own. GIL held.
-func (p *plugin) importEntry() (*cpy.PyObject, error) {
+func (p *plugin) importEntry() (*pyObject, error) {
 	callHelper(ensureSDK) // a plugin may have removed the embedded SDK's finder
-	mod := cpy.PyImport_ImportModule(p.entry)
+	mod := importModule(p.entry)
 	if mod == nil {
 		return nil, takeImportError(p.entry)
 	}
 	if err := p.checkLocation(mod); err != nil {
-		mod.DecRef()
+		mod.decRef()
 		return nil, err
 	}
 	return mod, nil
@@ -187,9 +186,9 @@ func (p *plugin) importEntry() (*cpy.PyObject, error) {
 
 // callHelper calls one of host.py's helpers for its effect, dropping the
 // result or the exception. GIL held.
-func callHelper(fn *cpy.PyObject, args ...*cpy.PyObject) {
-	if res := fn.CallFunctionObjArgs(args...); res != nil {
-		res.DecRef()
+func callHelper(fn *pyObject, args ...*pyObject) {
+	if res := fn.call(args...); res != nil {
+		res.decRef()
 	} else {
 		clearError()
 	}
@@ -202,7 +201,7 @@ func (p *plugin) importTable() (*C.fidius_table, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer mod.DecRef()
+	defer mod.decRef()
 	if err := checkHash(mod, p.entry, p.desc); err != nil {
 		return nil, err
 	}
@@ -212,7 +211,7 @@ func (p *plugin) importTable() (*C.fidius_table, error) {
 		if err != nil {
 			return nil, err
 		}
-		defer inst.DecRef()
+		defer inst.decRef()
 		owner = inst
 	}
 	tab := C.fidius_table_new(C.Py_ssize_t(len(p.desc.Methods)), toC(owner))
@@ -220,43 +219,43 @@ func (p *plugin) importTable() (*C.fidius_table, error) {
 		panic("fidius: out of memory allocating a method table")
 	}
 	for i, md := range p.desc.Methods {
-		fn := owner.GetAttrString(md.Name)
+		fn := owner.getAttr(md.Name)
 		if fn == nil {
 			clearError()
 			C.fidius_table_free(tab)
 			return nil, fmt.Errorf("%w: method %q of interface %q is not defined in module %q",
 				ErrMethodNotRegistered, md.Name, p.desc.InterfaceName, p.entry)
 		}
-		if !cpy.PyCallable_Check(fn) {
+		if !fn.isCallable() {
 			what := typeName(fn)
-			fn.DecRef()
+			fn.decRef()
 			C.fidius_table_free(tab)
 			return nil, fmt.Errorf("%w: method %q of interface %q in module %q is not callable (it is a %s)",
 				ErrMethodNotRegistered, md.Name, p.desc.InterfaceName, p.entry, what)
 		}
 		C.fidius_table_set(tab, C.Py_ssize_t(i), toC(fn))
-		fn.DecRef()
+		fn.decRef()
 	}
 	return tab, nil
 }
 
 // configure calls the module's __fidius_configure__ with the plugin's
 // config and returns the instance. GIL held.
-func (p *plugin) configure(mod *cpy.PyObject) (*cpy.PyObject, error) {
+func (p *plugin) configure(mod *pyObject) (*pyObject, error) {
 	const attr = "__fidius_configure__"
-	fn := mod.GetAttrString(attr)
+	fn := mod.getAttr(attr)
 	if fn == nil {
 		clearError()
 		return nil, fmt.Errorf("%w: module %q has no %s, required by LoadPythonPluginConfigured", ErrMissingAttr, p.entry, attr)
 	}
-	defer fn.DecRef()
+	defer fn.decRef()
 	var r C.fidius_result
 	arg := fromC(C.fidius_decode_value(bytesPtr(p.config), C.size_t(len(p.config)), &r))
 	if arg == nil {
 		return nil, fmt.Errorf("%w: config: %s", ErrInputDecode, C.GoStringN(r.data, C.int(r.len)))
 	}
-	defer arg.DecRef()
-	inst := fn.CallFunctionObjArgs(arg)
+	defer arg.decRef()
+	inst := fn.call(arg)
 	if inst == nil {
 		err := takeImportError(p.entry)
 		err.Func = attr
@@ -267,18 +266,18 @@ func (p *plugin) configure(mod *cpy.PyObject) (*cpy.PyObject, error) {
 
 // checkLocation makes sure the imported entry module is the package's own.
 // GIL held.
-func (p *plugin) checkLocation(mod *cpy.PyObject) error {
+func (p *plugin) checkLocation(mod *pyObject) error {
 	dir := pyPath(p.dir)
 	if dir == nil {
 		return fmt.Errorf("%w: locating module %q: %s", ErrImportFailed, p.entry, clearError())
 	}
-	defer dir.DecRef()
-	where := foreignLocation.CallFunctionObjArgs(mod, dir)
+	defer dir.decRef()
+	where := foreignLocation.call(mod, dir)
 	if where == nil {
 		return fmt.Errorf("%w: locating module %q: %s", ErrImportFailed, p.entry, clearError())
 	}
-	defer where.DecRef()
-	if where == cpy.Py_None {
+	defer where.decRef()
+	if where.isNone() {
 		return nil
 	}
 	return fmt.Errorf("%w: entry module %q of package %s is %s, loaded from outside the package; plugins share one sys.modules, so give the entry module a name of its own",
@@ -286,22 +285,21 @@ func (p *plugin) checkLocation(mod *cpy.PyObject) error {
 }
 
 // readHash returns the module's __interface_hash__. GIL held.
-func readHash(mod *cpy.PyObject, entry string) (uint64, error) {
-	attr := mod.GetAttrString("__interface_hash__")
+func readHash(mod *pyObject, entry string) (uint64, error) {
+	attr := mod.getAttr("__interface_hash__")
 	if attr == nil {
 		clearError()
 		return 0, fmt.Errorf("%w: module %q has no __interface_hash__", ErrMissingAttr, entry)
 	}
-	defer attr.DecRef()
+	defer attr.decRef()
 	notU64 := func(what string) error {
 		return fmt.Errorf("%w: module %q: __interface_hash__ is not an unsigned 64-bit integer: %s", ErrImportFailed, entry, what)
 	}
-	if !cpy.PyLong_Check(attr) || cpy.PyBool_Check(attr) {
+	if !attr.isInt() {
 		return 0, notU64("it is a " + typeName(attr))
 	}
-	got := cpy.PyLong_AsUnsignedLongLong(attr)
-	if cpy.PyErr_Occurred() != nil {
-		clearError()
+	got, ok := attr.uint64Value()
+	if !ok {
 		return 0, notU64(reprOf(attr))
 	}
 	return got, nil
@@ -309,7 +307,7 @@ func readHash(mod *cpy.PyObject, entry string) (uint64, error) {
 
 // checkHash compares the module's __interface_hash__ with the descriptor's.
 // GIL held.
-func checkHash(mod *cpy.PyObject, entry string, desc *InterfaceDescriptor) error {
+func checkHash(mod *pyObject, entry string, desc *InterfaceDescriptor) error {
 	got, err := readHash(mod, entry)
 	if err != nil {
 		return err
@@ -346,24 +344,24 @@ func InspectPythonPackage(packageDir string) (*PackageReport, error) {
 		if _, err = prependSysPath(dir); err != nil {
 			return
 		}
-		var mod *cpy.PyObject
+		var mod *pyObject
 		if mod, err = p.importEntry(); err != nil {
 			return
 		}
-		defer mod.DecRef()
+		defer mod.decRef()
 		if r.InterfaceHash, err = readHash(mod, p.entry); err != nil {
 			return
 		}
-		entry := cpy.PyUnicode_FromString(p.entry)
-		defer entry.DecRef()
-		names := registeredNames.CallFunctionObjArgs(entry)
+		entry := pyString(p.entry)
+		defer entry.decRef()
+		names := registeredNames.call(entry)
 		if names == nil {
 			err = fmt.Errorf("%w: listing the methods of %q: %s", ErrImportFailed, p.entry, clearError())
 			return
 		}
-		defer names.DecRef()
-		for i, n := 0, cpy.PyList_Size(names); i < n; i++ {
-			r.Methods = append(r.Methods, pyText(cpy.PyList_GetItem(names, i)))
+		defer names.decRef()
+		for i, n := 0, names.listLen(); i < n; i++ {
+			r.Methods = append(r.Methods, pyText(names.listItem(i)))
 		}
 	})
 	if err != nil {
@@ -395,13 +393,13 @@ func (h *PluginHandle) Reload() error {
 			err = fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
 			return
 		}
-		defer dir.DecRef()
-		saved := dropModules.CallFunctionObjArgs(dir)
+		defer dir.decRef()
+		saved := dropModules.call(dir)
 		if saved == nil {
 			err = fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
 			return
 		}
-		defer saved.DecRef()
+		defer saved.decRef()
 		var tab *C.fidius_table
 		tab, err = p.importTable()
 		if err != nil {
@@ -425,25 +423,25 @@ func (h *PluginHandle) Reload() error {
 }
 
 // typeName returns the name of o's type. GIL held.
-func typeName(o *cpy.PyObject) string {
-	t := o.Type()
-	defer t.DecRef()
-	n := t.GetAttrString("__name__")
+func typeName(o *pyObject) string {
+	t := o.typeOf()
+	defer t.decRef()
+	n := t.getAttr("__name__")
 	if n == nil {
 		clearError()
 		return "object"
 	}
-	defer n.DecRef()
+	defer n.decRef()
 	return pyText(n)
 }
 
 // reprOf returns repr(o), or "?" if that fails. GIL held.
-func reprOf(o *cpy.PyObject) string {
-	r := o.Repr()
+func reprOf(o *pyObject) string {
+	r := o.repr()
 	if r == nil {
 		clearError()
 		return "?"
 	}
-	defer r.DecRef()
+	defer r.decRef()
 	return pyText(r)
 }

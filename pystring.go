@@ -16,8 +16,6 @@ import "C"
 
 import (
 	"unsafe"
-
-	cpy "go.nhat.io/cpy/v3"
 )
 
 // pyText returns str(o) as UTF-8 for messages, with characters UTF-8
@@ -25,30 +23,30 @@ import (
 // str at all. It leaves no exception set: a message must never leave the
 // thread with a pending exception that the next call would trip over.
 // GIL held.
-func pyText(o *cpy.PyObject) string {
+func pyText(o *pyObject) string {
 	s := o
-	if !cpy.PyUnicode_Check(o) {
-		if s = o.Str(); s == nil {
-			cpy.PyErr_Clear()
+	if !o.isStr() {
+		if s = o.str(); s == nil {
+			C.PyErr_Clear()
 			return "?"
 		}
-		defer s.DecRef()
+		defer s.decRef()
 	}
 	b := fromC(C.fidius_text_bytes(toC(s)))
 	if b == nil {
-		cpy.PyErr_Clear()
+		C.PyErr_Clear()
 		return "?"
 	}
-	defer b.DecRef()
+	defer b.decRef()
 	return bytesText(b)
 }
 
 // bytesText copies a Python bytes object's contents. GIL held.
-func bytesText(b *cpy.PyObject) string {
+func bytesText(b *pyObject) string {
 	var p *C.char
 	var n C.Py_ssize_t
 	if C.PyBytes_AsStringAndSize(toC(b), &p, &n) < 0 {
-		cpy.PyErr_Clear()
+		C.PyErr_Clear()
 		return "?"
 	}
 	return C.GoStringN(p, C.int(n))
@@ -58,10 +56,10 @@ func bytesText(b *cpy.PyObject) string {
 // decodes paths (the file-system encoding with surrogateescape), so a
 // path that is not valid UTF-8 still names the same file. Nil, with an
 // exception set, only when memory runs out. GIL held.
-func pyPath(p string) *cpy.PyObject {
+func pyPath(p string) *pyObject {
 	b := []byte(p)
 	if len(b) == 0 {
-		return cpy.PyUnicode_FromString("")
+		return pyString("")
 	}
 	return fromC(C.PyUnicode_DecodeFSDefaultAndSize((*C.char)(unsafe.Pointer(&b[0])), C.Py_ssize_t(len(b))))
 }
@@ -69,12 +67,12 @@ func pyPath(p string) *cpy.PyObject {
 // goPath returns the bytes of the path a Python str names (the inverse of
 // pyPath), and false for a str that names no path. It leaves no exception
 // set. GIL held.
-func goPath(s *cpy.PyObject) (string, bool) {
+func goPath(s *pyObject) (string, bool) {
 	b := fromC(C.PyUnicode_EncodeFSDefault(toC(s)))
 	if b == nil {
-		cpy.PyErr_Clear()
+		C.PyErr_Clear()
 		return "", false
 	}
-	defer b.DecRef()
+	defer b.decRef()
 	return bytesText(b), true
 }

@@ -3,11 +3,14 @@
 
 package fidius
 
+/*
+#include "bridge.h"
+*/
+import "C"
+
 import (
 	"fmt"
 	"path/filepath"
-
-	cpy "go.nhat.io/cpy/v3"
 )
 
 // prependSysPath makes sys.path start [dir/vendor, dir, ...] unless those
@@ -18,15 +21,15 @@ import (
 // then it is replaced by a new, empty list rather than failing every load
 // after.
 func prependSysPath(dir string) ([]string, error) {
-	path := cpy.PySys_GetObject("path") // borrowed
-	if path == nil || !cpy.PyList_Check(path) {
-		fresh := cpy.PyList_New(0)
-		rc := cpy.PySys_SetObject("path", fresh)
-		fresh.DecRef()
-		if rc != 0 {
+	path := sysGet("path") // borrowed
+	if path == nil || !path.isList() {
+		fresh := fromC(C.PyList_New(0))
+		ok := fresh != nil && sysSet("path", fresh)
+		fresh.decRef()
+		if !ok {
 			return nil, fmt.Errorf("%w: replacing sys.path, which is not a list: %s", ErrImportFailed, clearError())
 		}
-		path = cpy.PySys_GetObject("path")
+		path = sysGet("path")
 	}
 	var inserted []string
 	// Inserting at 0 in reverse order leaves vendor/ first.
@@ -38,8 +41,8 @@ func prependSysPath(dir string) ([]string, error) {
 		if s == nil {
 			return inserted, fmt.Errorf("%w: inserting %s into sys.path: %s", ErrImportFailed, p, clearError())
 		}
-		rc := cpy.PyList_Insert(path, 0, s)
-		s.DecRef()
+		rc := C.PyList_Insert(toC(path), 0, toC(s))
+		s.decRef()
 		if rc != 0 {
 			return inserted, fmt.Errorf("%w: inserting %s into sys.path: %s", ErrImportFailed, p, clearError())
 		}
@@ -48,10 +51,10 @@ func prependSysPath(dir string) ([]string, error) {
 	return inserted, nil
 }
 
-func onSysPath(path *cpy.PyObject, p string) bool {
-	for i, n := 0, cpy.PyList_Size(path); i < n; i++ {
-		item := cpy.PyList_GetItem(path, i) // borrowed
-		if !cpy.PyUnicode_Check(item) {
+func onSysPath(path *pyObject, p string) bool {
+	for i, n := 0, path.listLen(); i < n; i++ {
+		item := path.listItem(i) // borrowed
+		if !item.isStr() {
 			continue
 		}
 		// Compared as the paths they name: an entry may hold bytes
