@@ -114,7 +114,10 @@ PyObject *fidius_exec_bootstrap(const char *src, const char *filename) {
 	if (mod == NULL)
 		return NULL;
 	PyObject *dict = PyModule_GetDict(mod);
-	if (PyDict_SetItemString(dict, "__builtins__", PyEval_GetBuiltins()) < 0)
+	PyObject *builtins = PyImport_ImportModule("builtins");
+	int rc = builtins == NULL ? -1 : PyDict_SetItemString(dict, "__builtins__", builtins);
+	Py_XDECREF(builtins);
+	if (rc < 0)
 		goto fail;
 	PyObject *code = Py_CompileString(src, filename, Py_file_input);
 	if (code == NULL)
@@ -191,12 +194,7 @@ static void put_bytes_obj(fidius_buf *b, PyObject *o, size_t *n) {
 // details in the thread buffer. It never prints the exception: PyErr_Print
 // would end the process on SystemExit.
 static void describe_error(fidius_result *r, int structured) {
-	PyObject *type, *value, *tb;
-	PyErr_Fetch(&type, &value, &tb);
-	PyErr_NormalizeException(&type, &value, &tb);
-	if (value != NULL && tb != NULL)
-		PyException_SetTraceback(value, tb);
-
+	PyObject *value = fidius_err_take();
 	fidius_buf *b = &tls_buf;
 	b->len = 0;
 	PyObject *desc = NULL;
@@ -215,7 +213,7 @@ static void describe_error(fidius_result *r, int structured) {
 		}
 	} else {
 		PyErr_Clear();
-		const char *name = type != NULL ? ((PyTypeObject *)type)->tp_name : "SystemError";
+		const char *name = value != NULL ? Py_TYPE(value)->tp_name : "SystemError";
 		const char *dot = strrchr(name, '.');
 		if (dot != NULL)
 			name = dot + 1;
@@ -226,9 +224,7 @@ static void describe_error(fidius_result *r, int structured) {
 		r->len2 = strlen(msg);
 	}
 	Py_XDECREF(desc);
-	Py_XDECREF(type);
 	Py_XDECREF(value);
-	Py_XDECREF(tb);
 	r->status = FIDIUS_PLUGIN;
 	r->data = b->p;
 	r->len = b->len;
@@ -247,10 +243,8 @@ static void message_error(fidius_result *r, int status, const char *msg) {
 	b->len = 0;
 	fidius_buf_put(b, msg, strlen(msg));
 	if (PyErr_Occurred()) {
-		PyObject *type, *value, *tb;
-		PyErr_Fetch(&type, &value, &tb);
-		PyErr_NormalizeException(&type, &value, &tb);
-		const char *name = ((PyTypeObject *)type)->tp_name;
+		PyObject *value = fidius_err_take();
+		const char *name = Py_TYPE(value)->tp_name;
 		fidius_buf_put(b, ": ", 2);
 		fidius_buf_put(b, name, strlen(name));
 		// Lone surrogates in the text have no UTF-8 form: escaped, the
@@ -264,9 +258,7 @@ static void message_error(fidius_result *r, int status, const char *msg) {
 		PyErr_Clear();
 		Py_XDECREF(text);
 		Py_XDECREF(s);
-		Py_XDECREF(type);
-		Py_XDECREF(value);
-		Py_XDECREF(tb);
+		Py_DECREF(value);
 	}
 	r->status = status;
 	r->data = b->p;
@@ -307,6 +299,7 @@ static void run(fidius_ctl *ctl) {
 	int reading = FIDIUS_READING;
 	__atomic_compare_exchange_n(&ctl->state, &reading, FIDIUS_RUNNING, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 	ctl->active = 1;
+	fidius_cancel_enter(ctl);
 	if (ctl->cancelled)
 		fidius_arm(ctl, 0);
 }
@@ -319,6 +312,7 @@ static void settle(fidius_ctl *ctl) {
 		return;
 	ctl->active = 0;
 	fidius_disarm(ctl);
+	fidius_cancel_enter(NULL);
 }
 
 // enter begins a call and returns a new reference to method i of the
@@ -560,6 +554,7 @@ void fidius_stream_close(fidius_slot *s, PyObject *it, fidius_ctl *ctl) {
 		ctl->ts = tls_ts;
 		ctl->slot = s;
 		ctl->active = 1;
+		fidius_cancel_enter(ctl);
 		if (ctl->cancelled)
 			fidius_arm(ctl, 1);
 	}

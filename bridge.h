@@ -81,7 +81,8 @@ typedef struct {
 	int state;           // FIDIUS_WAITING...; atomic
 	long long raised_at; // when the cancel exception was first raised (ns), 0 before
 	int unwinding;       // the cancel exception is passing through a frame: a handler may be next
-	PyObject *arm;       // the trace installed on ts while cancelling, or NULL
+	PyObject *arm;       // up to 3.11: the trace installed on ts while cancelling, or NULL
+	int armed;           // 3.12+: the monitoring events serve this call
 } fidius_ctl;
 
 // Interpreter lifetime and the GIL.
@@ -116,6 +117,8 @@ void fidius_stream_close(fidius_slot *s, PyObject *it, fidius_ctl *ctl);
 void fidius_interrupt(fidius_ctl *ctl);
 void fidius_arm(fidius_ctl *ctl, int cleanup);   // GIL held; cleanup: the grace period starts now
 void fidius_disarm(fidius_ctl *ctl);             // GIL held, on the call's own thread
+int fidius_cancel_init(void);                    // GIL held, once at start-up
+void fidius_cancel_enter(fidius_ctl *ctl);       // the call's own thread: whose code runs here (NULL: none)
 extern PyObject *fidius_cancel_type;
 
 // Tables and slots (GIL held by the caller).

@@ -5,8 +5,7 @@
 package fidius
 
 /*
-#cgo pkg-config: python-3.11-embed
-#cgo CFLAGS: -Wall -Wno-unused-function
+#cgo CFLAGS: -Wall -Wextra -Wno-unused-function -Wno-unused-parameter
 #include <stdlib.h>
 #include "bridge.h"
 */
@@ -101,6 +100,9 @@ func startInterpreter() error {
 		}
 	}
 	C.fidius_set_helpers(toC(describe), toC(fields), toC(cancelled))
+	if C.fidius_cancel_init() != 0 {
+		return takeImportError("<fidius-go>/cancellation")
+	}
 
 	sources, err := sdkSources()
 	if err != nil {

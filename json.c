@@ -41,17 +41,14 @@ static void fail(dec *d, const char *at, const char *fmt, ...) {
 // fail_py reports the pending Python exception (a MemoryError, or the
 // interpreter's integer digit limit) as a decode error.
 static void fail_py(dec *d, const char *at) {
-	PyObject *type, *value, *tb;
-	PyErr_Fetch(&type, &value, &tb);
+	PyObject *value = fidius_err_take();
 	PyObject *s = value ? PyObject_Str(value) : NULL;
 	PyObject *text = s ? PyUnicode_AsEncodedString(s, "utf-8", "backslashreplace") : NULL;
 	PyErr_Clear();
 	fail(d, at, "%s", text ? PyBytes_AS_STRING(text) : "cannot convert value");
 	Py_XDECREF(text);
 	Py_XDECREF(s);
-	Py_XDECREF(type);
 	Py_XDECREF(value);
-	Py_XDECREF(tb);
 }
 
 static void skip_ws(dec *d) {

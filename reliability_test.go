@@ -31,7 +31,7 @@ func TestSameEntryModuleInTwoPackages(t *testing.T) {
 	// A module from outside any package is refused the same way.
 	dir := writePackage(t, "json", map[string]string{})
 	_, err = LoadPythonPlugin(dir, d)
-	wantErr(t, err, ErrModuleConflict, `"json"`, "python3.11")
+	wantErr(t, err, ErrModuleConflict, `"json"`, "/json/__init__.py")
 }
 
 func TestEntryModuleNamesAreChecked(t *testing.T) {

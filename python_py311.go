@@ -1,0 +1,11 @@
+//go:build fidius_py311 && !fidius_static
+
+// This file selects CPython 3.11 (the build tag fidius_py311): pkg-config's
+// python-3.11-embed, found through PKG_CONFIG_PATH for an install outside
+// the system's paths. Build tags are part of Go's build cache key, so
+// switching versions by tag always rebuilds.
+
+package fidius
+
+// #cgo pkg-config: python-3.11-embed
+import "C"
