@@ -52,6 +52,9 @@ var (
 	ErrOutputEncode = errors.New("cannot encode call output")
 	// ErrClosed reports a call on a handle after Close.
 	ErrClosed = errors.New("plugin handle is closed")
+	// ErrVirtualEnv means UseVirtualEnv was given a directory that is not a
+	// virtual environment of the Python this program runs.
+	ErrVirtualEnv = errors.New("not a virtual environment of the embedded Python")
 )
 
 // Archive rejections, one kind each. Every one is also an ErrArchive.

@@ -42,6 +42,7 @@ var (
 	foreignLocation *pyObject
 	ensureSDK       *pyObject
 	registeredNames *pyObject
+	useVirtualEnv   *pyObject
 )
 
 // ensureInterpreter starts the interpreter the first time it is called;
@@ -93,7 +94,7 @@ func startInterpreter() error {
 	}{
 		{"describe", &describe}, {"field_names", &fields}, {"install_sdk", &install}, {"CallCancelled", &cancelled},
 		{"drop_modules", &dropModules}, {"restore_modules", &restoreModules}, {"foreign_location", &foreignLocation},
-		{"ensure_sdk", &ensureSDK}, {"registered_methods", &registeredNames},
+		{"ensure_sdk", &ensureSDK}, {"registered_methods", &registeredNames}, {"use_virtual_env", &useVirtualEnv},
 	} {
 		if *h.dst = mod.getAttr(h.name); *h.dst == nil {
 			return takeImportError("<fidius-go>/host.py")

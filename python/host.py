@@ -128,6 +128,16 @@ def registered_methods(entry):
     return sorted(names)
 
 
+def use_virtual_env(site_packages, executable):
+    """Add a virtual environment's site-packages (and its .pth files) after
+    everything on sys.path, and make its python sys.executable."""
+    import site
+
+    site.addsitedir(site_packages)
+    if executable:
+        sys.executable = executable
+
+
 def drop_modules(directory):
     """Remove every module whose file lies under directory from sys.modules.
 
@@ -200,11 +210,28 @@ class _EmbeddedSDK:
 _sdk = None
 
 
+def _executable():
+    """The Python program of the installation whose libpython runs here.
+
+    Embedded, Python takes sys.executable from a search of PATH for
+    "python3", which may find an unrelated one (a pyenv shim, say); code
+    that starts a Python subprocess (multiprocessing) would run that.
+    """
+    major, minor = sys.version_info[:2]
+    for name in (f"python{major}.{minor}", f"python{major}"):
+        candidate = os.path.join(sys.base_prefix, "bin", name)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return ""
+
+
 def install_sdk(sources, pycache):
     """Install the embedded SDK's finder, and keep bytecode caches out of
     package directories (unless PYTHONPYCACHEPREFIX chose a place): a
-    package's files, and so its signed digest, stay as they were shipped."""
+    package's files, and so its signed digest, stay as they were shipped.
+    Also say where this Python is (sys.executable)."""
     global _sdk
+    sys.executable = sys._base_executable = _executable()
     if sys.pycache_prefix is None and pycache:
         sys.pycache_prefix = pycache
     _sdk = _EmbeddedSDK(dict(sources))

@@ -8,6 +8,7 @@
 //	fidius-py sign --key NAME.secret PATH      write PATH/package.sig
 //	fidius-py verify --key NAME.public PATH    check PATH/package.sig
 //	fidius-py keygen NAME                      write NAME.secret and NAME.public
+//	fidius-py --version                        this program's and its Python's versions
 //
 // PATH is a package directory or a .fid archive. Keys are raw 32-byte
 // Ed25519 seeds and public keys, as fidius's own CLI writes them. Errors
@@ -25,6 +26,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -76,6 +78,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
+	if args[0] == "--version" || args[0] == "version" {
+		fmt.Fprintln(stdout, versionLine())
+		return 0
+	}
 	cmd, ok := commands[args[0]]
 	if !ok {
 		fmt.Fprintf(stderr, "fidius-py: unknown command %q (see fidius-py --help)\n", args[0])
@@ -117,7 +123,7 @@ func usage(w io.Writer) {
 	for _, name := range []string{"inspect", "call", "stub", "digest", "sign", "verify", "keygen"} {
 		fmt.Fprintf(w, "  %-8s %s\n", name, commands[name].summary)
 	}
-	fmt.Fprintln(w, "\nRun fidius-py COMMAND --help for a command's arguments.")
+	fmt.Fprintln(w, "\nRun fidius-py COMMAND --help for a command's arguments, fidius-py --version for versions.")
 }
 
 // flagValue returns the value of a flag the command defined.
@@ -405,4 +411,14 @@ func keygen(_ *flag.FlagSet, args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "secret key: %s\npublic key: %s\n", secret, public)
 	return nil
+}
+
+// versionLine names this program's module version and the CPython it is
+// linked with.
+func versionLine() string {
+	v := "(unknown)"
+	if info, ok := debug.ReadBuildInfo(); ok {
+		v = info.Main.Version
+	}
+	return fmt.Sprintf("fidius-py %s (github.com/fidius-go/fidius), Python %s", v, fidius.PythonVersion())
 }

@@ -90,6 +90,14 @@ func TestHelp(t *testing.T) {
 	}
 }
 
+func TestVersion(t *testing.T) {
+	out, _, code := cli(t, "", "--version")
+	want := "Python " + fidius.PythonVersion() + "\n"
+	if code != 0 || !strings.HasPrefix(out, "fidius-py ") || !strings.HasSuffix(out, want) {
+		t.Fatalf("exit %d: %q, want a line ending %q", code, out, want)
+	}
+}
+
 func TestBadInput(t *testing.T) {
 	cases := [][]string{
 		{"frobnicate"},
