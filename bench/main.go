@@ -2,12 +2,17 @@
 // with what it competes against, and prints one table:
 //
 //   - the CPython floor: a C program (floor/floor.c, built here with
-//     pkg-config python-3.11-embed) calling the same Python functions,
-//     releasing and re-taking the GIL around every call;
+//     pkg-config python-3.X-embed for the Python the library runs)
+//     calling the same Python functions, releasing and re-taking the GIL
+//     around every call;
 //   - this library: CallJSON, Call[string] and CallRaw, from 1, 2 and 8
 //     goroutines on one handle;
-//   - a subprocess worker: a python3 child answering JSON lines
-//     (worker.py), the usual hand-written alternative.
+//   - a subprocess worker: a child of the same Python answering JSON
+//     lines (worker.py), the usual hand-written alternative.
+//
+// Run it with the library's build tags to measure another Python:
+//
+//	GOFLAGS=-tags=fidius_py312 go run ./bench
 //
 // Every harness is timed the same way: batches of at least 2 ms (so that
 // garbage collection falls inside them), best batch reported. It then
@@ -48,6 +53,7 @@ var desc = &fidius.InterfaceDescriptor{
 		{Name: "greet"},
 		{Name: "echo", WireRaw: true},
 		{Name: "allocated_blocks"},
+		{Name: "crunch"},
 	},
 }
 
@@ -56,6 +62,7 @@ const (
 	mGreet
 	mEcho
 	mBlocks
+	mCrunch
 )
 
 var seconds = flag.Float64("seconds", 1, "time spent measuring each row")
@@ -98,7 +105,7 @@ func run(dir, pluginDir string) error {
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	small, big := make([]byte, 64), make([]byte, 1<<20)
-	greetIn := []byte(`["World"]`)
+	greetIn, crunchIn := []byte(`["World"]`), []byte(`[10000]`)
 	same := func(fn func() error) func() func() error { return func() func() error { return fn } }
 	// appendRaw gives each goroutine its own reused result buffer.
 	appendRaw := func(in []byte) func() func() error {
@@ -119,6 +126,7 @@ func run(dir, pluginDir string) error {
 		{"echo 64 B · CallRawAppend", "echo64", appendRaw(small)},
 		{"echo 1 MiB · CallRaw", "echo1m", same(func() error { _, err := h.CallRaw(ctx, mEcho, big); return err })},
 		{"echo 1 MiB · CallRawAppend", "echo1m", appendRaw(big)},
+		{"crunch: 10,000-step Python loop · CallJSON", "crunch", same(func() error { _, err := h.CallJSON(ctx, mCrunch, crunchIn); return err })},
 	}
 	var rows []row
 	for _, c := range calls {
@@ -208,12 +216,20 @@ func runFloor(dir, pluginDir string) (map[string]float64, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	flags, err := exec.Command("pkg-config", "--cflags", "--libs", "python-3.11-embed").Output()
+	flags, err := pkgConfig("--cflags", "--libs")
 	if err != nil {
-		return nil, fmt.Errorf("pkg-config python-3.11-embed: %w", err)
+		return nil, err
+	}
+	libdir, err := pkgConfig("--variable=libdir")
+	if err != nil {
+		return nil, err
 	}
 	bin := filepath.Join(tmp, "floor")
-	args := append([]string{"-O2", "-o", bin, filepath.Join(dir, "floor", "floor.c")}, strings.Fields(string(flags))...)
+	args := append([]string{"-O2", "-o", bin, filepath.Join(dir, "floor", "floor.c"), "-Wl,-rpath," + libdir}, strings.Fields(flags)...)
+	if staticBuild {
+		// As the library's static build links: the archive, the C API exported.
+		args = append([]string{"-O2", "-o", bin, filepath.Join(dir, "floor", "floor.c")}, strings.Fields(staticFlags())...)
+	}
 	if out, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("building floor/floor.c: %v\n%s", err, out)
 	}
@@ -233,12 +249,12 @@ func runFloor(dir, pluginDir string) (map[string]float64, error) {
 
 // runSubprocess times the JSON-lines worker for each row key.
 func runSubprocess(dir, pluginDir string) (map[string]float64, error) {
-	cmd := exec.Command("python3", filepath.Join(dir, "worker.py"), pluginDir, module)
+	cmd := exec.Command(pythonProgram(), filepath.Join(dir, "worker.py"), pluginDir, module)
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting python3 worker: %w", err)
+		return nil, fmt.Errorf("starting the python worker: %w", err)
 	}
 	defer func() { stdin.Close(); cmd.Wait() }()
 	r := bufio.NewReaderSize(stdout, 4<<20)
@@ -274,6 +290,7 @@ func runSubprocess(dir, pluginDir string) (map[string]float64, error) {
 		"greet":  map[string]any{"m": "greet", "a": []string{"World"}},
 		"echo64": map[string]any{"m": "echo", "b": small},
 		"echo1m": map[string]any{"m": "echo", "b": big},
+		"crunch": map[string]any{"m": "crunch", "a": []int{10000}},
 	} {
 		ns, err := measure(1, func() func() error { return func() error { return call(req) } })
 		if err != nil {
@@ -284,17 +301,34 @@ func runSubprocess(dir, pluginDir string) (map[string]float64, error) {
 	return res, nil
 }
 
-func pythonVersion() string {
-	out, err := exec.Command("pkg-config", "--modversion", "python-3.11-embed").Output()
+// pkgConfig asks pkg-config about the Python the library runs.
+func pkgConfig(args ...string) (string, error) {
+	name := "python-" + pythonMinor() + "-embed"
+	out, err := exec.Command("pkg-config", append(args, name)...).Output()
 	if err != nil {
-		return "3.11"
+		return "", fmt.Errorf("pkg-config %s %s: %w", strings.Join(args, " "), name, err)
 	}
-	return strings.TrimSpace(string(out))
+	return strings.TrimSpace(string(out)), nil
+}
+
+// pythonMinor is "3.12" when the library runs CPython 3.12.x.
+func pythonMinor() string {
+	parts := strings.SplitN(fidius.PythonVersion(), ".", 3)
+	return parts[0] + "." + parts[1]
+}
+
+// pythonProgram is the python of the installation the library runs.
+func pythonProgram() string {
+	prefix, err := pkgConfig("--variable=exec_prefix")
+	if err != nil {
+		return "python3"
+	}
+	return filepath.Join(prefix, "bin", "python"+pythonMinor())
 }
 
 func printTable(rows []row, floor, sub map[string]float64) {
 	fmt.Printf("fidius for Go, call cost on %s/%s, %d cores, %s, CPython %s (go run ./bench)\n\n",
-		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), pythonVersion())
+		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), fidius.PythonVersion()+linkMode())
 	fmt.Println("| call | goroutines | this library ns/call | Go allocs/call | CPython floor ns/call | ÷ floor | subprocess ns/call | subprocess ÷ this |")
 	fmt.Println("|---|--:|--:|--:|--:|--:|--:|--:|")
 	for _, r := range rows {
@@ -340,6 +374,9 @@ func checkTargets(rows []row, floor, sub map[string]float64) {
 	worst := 1e18
 	worstRow := ""
 	for _, r := range rows {
+		if r.floorKey == "crunch" {
+			continue // Python's own time: the same in every harness
+		}
 		if s := sub[r.floorKey] / r.ns; s < worst {
 			worst, worstRow = s, fmt.Sprintf("%s, %d goroutines", r.call, r.goroutines)
 		}

@@ -63,6 +63,16 @@ static void call_echo(PyObject *f, const char *in, size_t n, PyThreadState **ts)
 	*ts = PyEval_SaveThread();
 }
 
+static void call_crunch(PyObject *f, const char *in, size_t n, PyThreadState **ts) {
+	PyEval_RestoreThread(*ts);
+	PyObject *a = PyLong_FromLong(10000);
+	PyObject *r = PyObject_CallOneArg(f, a);
+	if (r == NULL) { PyErr_Print(); exit(1); }
+	Py_DECREF(r);
+	Py_DECREF(a);
+	*ts = PyEval_SaveThread();
+}
+
 typedef void (*caller)(PyObject *, const char *, size_t, PyThreadState **);
 
 // measure runs batches until the time is spent and reports the best batch:
@@ -101,7 +111,7 @@ int main(int argc, char **argv) {
 		PyErr_Print();
 		return 1;
 	}
-	PyObject *noop = fn(mod, "noop"), *greet = fn(mod, "greet"), *echo = fn(mod, "echo");
+	PyObject *noop = fn(mod, "noop"), *greet = fn(mod, "greet"), *echo = fn(mod, "echo"), *crunch = fn(mod, "crunch");
 	size_t big = 1 << 20;
 	char *in = calloc(1, big);
 	out = malloc(big);
@@ -110,5 +120,6 @@ int main(int argc, char **argv) {
 	printf("greet %.1f\n", measure(call_greet, greet, "World", 5, seconds, &ts));
 	printf("echo64 %.1f\n", measure(call_echo, echo, in, 64, seconds, &ts));
 	printf("echo1m %.1f\n", measure(call_echo, echo, in, big, seconds, &ts));
+	printf("crunch %.1f\n", measure(call_crunch, crunch, NULL, 0, seconds, &ts));
 	return 0;
 }

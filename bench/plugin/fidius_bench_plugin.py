@@ -18,6 +18,14 @@ def echo(data):
     return data
 
 
+def crunch(n):
+    """CPU-bound: n iterations of a Python loop."""
+    x = 0
+    for i in range(n):
+        x += i * i
+    return x
+
+
 def allocated_blocks():
     gc.collect()
     return sys.getallocatedblocks()
