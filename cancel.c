@@ -96,7 +96,10 @@ static int must_raise(fidius_ctl *ctl, PyCodeObject *code) {
 	} else if (handling_cancel(ctl) && now - ctl->raised_at < FIDIUS_GRACE_NS) {
 		return 0;
 	}
-	ctl->unwinding = 0;
+	// The next line of plugin code the exception reaches is a handler's
+	// (except or finally), whose first line comes before exc_info shows
+	// the exception on every version.
+	ctl->unwinding = 1;
 	return 1;
 }
 
