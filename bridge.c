@@ -304,9 +304,7 @@ static void run(fidius_ctl *ctl) {
 		fidius_arm(ctl, 0);
 }
 
-// settle ends the part of a call that may be interrupted: the plugin's
-// function has returned, and what follows (encoding its result) is the
-// library's.
+// settle ends the part of a call that may be interrupted (leave does it).
 static void settle(fidius_ctl *ctl) {
 	if (ctl == NULL)
 		return;
@@ -469,8 +467,10 @@ static void raw_result(PyObject *res, fidius_result *r) {
 fidius_result fidius_call(fidius_slot *s, Py_ssize_t i, int raw, const char *in, size_t n, fidius_ctl *ctl) {
 	fidius_result r = {0};
 	PyObject *res = raw ? enter_raw(s, i, in, n, ctl, &r) : enter_json(s, i, in, n, ctl, &r);
-	settle(ctl);
 	if (res != NULL) {
+		// Still interruptible: encoding runs plugin code (__str__, a
+		// dataclass's properties), and a cancelled call's result is
+		// dropped anyway.
 		if (raw)
 			raw_result(res, &r);
 		else
@@ -532,7 +532,6 @@ fidius_result fidius_stream_next(fidius_slot *s, PyObject *it, fidius_ctl *ctl) 
 	if (begin(s, ctl)) {
 		run(ctl);
 		PyObject *item = PyIter_Next(it);
-		settle(ctl);
 		if (item != NULL) {
 			encode_result(item, &r);
 			Py_DECREF(item);

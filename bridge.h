@@ -80,8 +80,10 @@ typedef struct {
 	int cancelled;       // the context ended: nothing more may run
 	int state;           // FIDIUS_WAITING...; atomic
 	long long raised_at; // when the cancel exception was first raised (ns), 0 before
-	int unwinding;       // the cancel exception is passing through a frame: a handler may be next
-	PyObject *arm;       // up to 3.11: the trace installed on ts while cancelling, or NULL
+	void *entry;         // the frame (3.12+: code) whose first line is next: a safe point
+	void *last_frame;    // up to 3.11: the plugin frame of the last line event, and
+	int last_offset;     // its instruction offset, to see backward jumps
+	PyObject *arm;       // up to 3.11: the trace installed on ts while cancelling (owned), or NULL
 	int armed;           // 3.12+: the monitoring events serve this call
 } fidius_ctl;
 
@@ -115,6 +117,9 @@ void fidius_stream_close(fidius_slot *s, PyObject *it, fidius_ctl *ctl);
 // if plugin code of it is running, arms the thread running it so that the
 // cancel exception is raised at the next line of plugin code (GIL held).
 void fidius_interrupt(fidius_ctl *ctl);
+// fidius_rearm puts the interrupt back if the plugin removed it, and
+// returns 0 once ctl's call no longer runs plugin code (GIL held).
+int fidius_rearm(fidius_ctl *ctl);
 void fidius_arm(fidius_ctl *ctl, int cleanup);   // GIL held; cleanup: the grace period starts now
 void fidius_disarm(fidius_ctl *ctl);             // GIL held, on the call's own thread
 int fidius_cancel_init(void);                    // GIL held, once at start-up

@@ -6,13 +6,20 @@
 // and raises the cancel exception at a line of the plugin's own code:
 // never in the standard library, the SDK or the package's vendor/.
 //
-// The rule, from the first line of plugin code reached after cancellation:
+// The exception is raised only at a safe point of the plugin's own code:
+// a loop's back-edge, or the first line of a plugin function (not a
+// generator's resumption). Never at the exit of a with block, in a finally
+// block on the normal path, or at a handler's entry: raised there, it would
+// skip the __exit__ or the release that follows. Any plugin code that runs
+// long passes safe points: it loops or calls.
+//
+// The rule, at each safe point once the call is cancelled:
 //   - raise once;
 //   - while the plugin is handling it (an except or finally block sees it,
 //     or GeneratorExit when a cancelled stream is closed), let the plugin's
 //     cleanup run for a grace period;
 //   - once it has been swallowed, or the grace period is over, raise at
-//     every line of plugin code.
+//     every safe point.
 // Nothing is installed on calls that are not cancelled, so they cost nothing.
 
 #include "bridge.h"
@@ -66,14 +73,8 @@ static int is_cancel_type(PyObject *type) {
 
 // handling_cancel reports whether the code running is handling the cancel
 // exception (or the GeneratorExit of a cancelled stream's close): an except
-// or finally block that is cleaning up. A handler's first line is reported
-// before it makes the exception visible through exc_info, so an exception
-// event just before counts too.
-static int handling_cancel(fidius_ctl *ctl) {
-	if (ctl->unwinding) {
-		ctl->unwinding = 0;
-		return 1;
-	}
+// or finally block that is cleaning up.
+static int handling_cancel(void) {
 	PyObject *type, *value, *tb;
 	PyErr_GetExcInfo(&type, &value, &tb);
 	int yes = is_cancel_type(type);
@@ -83,24 +84,21 @@ static int handling_cancel(fidius_ctl *ctl) {
 	return yes;
 }
 
-// must_raise applies the rule at a line (or jump) of code run by the
-// cancelled call ctl.
+// must_raise applies the rule at a safe point in code run by the cancelled
+// call ctl.
 static int must_raise(fidius_ctl *ctl, PyCodeObject *code) {
 	if (!plugin_code(ctl->slot, code))
 		return 0;
 	long long now = now_ns();
 	if (ctl->raised_at == 0) {
 		ctl->raised_at = now;
-		if (handling_cancel(ctl))
-			return 0; // already cleaning up (a cancelled stream's close)
-	} else if (handling_cancel(ctl) && now - ctl->raised_at < FIDIUS_GRACE_NS) {
-		return 0;
+		return !handling_cancel(); // a cancelled stream's close is already cleaning up
 	}
-	// The next line of plugin code the exception reaches is a handler's
-	// (except or finally), whose first line comes before exc_info shows
-	// the exception on every version.
-	ctl->unwinding = 1;
-	return 1;
+	return !(handling_cancel() && now - ctl->raised_at < FIDIUS_GRACE_NS);
+}
+
+static int is_generator_code(PyCodeObject *code) {
+	return (code->co_flags & (CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR | CO_ITERABLE_COROUTINE)) != 0;
 }
 
 #if PY_VERSION_HEX < 0x030C0000
@@ -129,6 +127,14 @@ static void arm_free(PyObject *capsule) {
 	PyMem_RawFree(a);
 }
 
+static int frame_offset(PyFrameObject *frame) {
+#if PY_VERSION_HEX >= 0x030B0000
+	return PyFrame_GetLasti(frame);
+#else
+	return frame->f_lasti;
+#endif
+}
+
 static int cancel_trace(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg) {
 	arm_state *a = PyCapsule_GetPointer(obj, "fidius.arm");
 	if (a == NULL)
@@ -138,17 +144,30 @@ static int cancel_trace(PyObject *obj, PyFrameObject *frame, int what, PyObject 
 	fidius_ctl *ctl = a->ctl;
 	if (ctl == NULL)
 		return 0;
-	if (what == PyTrace_EXCEPTION) {
-		ctl->unwinding = PyTuple_Check(arg) && PyTuple_GET_SIZE(arg) > 0 && is_cancel_type(PyTuple_GET_ITEM(arg, 0));
-		return 0;
-	}
-	// Only at lines: an exception raised at a call event unwinds the frame
-	// without running its handlers, which for a resumed generator skips
-	// its finally blocks. A line event follows every call at once anyway.
-	if (what != PyTrace_LINE)
-		return 0;
 	PyCodeObject *code = PyFrame_GetCode(frame);
-	int raise = must_raise(ctl, code);
+	int raise = 0;
+	if (what == PyTrace_CALL) {
+		// A call event of a function (not a generator's resumption): its
+		// first line is a safe point. Raising at the call event itself
+		// would unwind the frame without its handlers.
+		if (!is_generator_code(code))
+			ctl->entry = frame;
+	} else if (what == PyTrace_RETURN) {
+		if (ctl->entry == frame)
+			ctl->entry = NULL;
+		if (ctl->last_frame == frame)
+			ctl->last_frame = NULL;
+	} else if (what == PyTrace_LINE && plugin_code(ctl->slot, code)) {
+		// Within one frame, a line event at an offset that does not
+		// advance follows a backward jump: a loop's back-edge.
+		int at = frame_offset(frame);
+		int safe = frame == ctl->entry || (frame == ctl->last_frame && at <= ctl->last_offset);
+		if (frame == ctl->entry)
+			ctl->entry = NULL;
+		ctl->last_frame = frame;
+		ctl->last_offset = at;
+		raise = safe && must_raise(ctl, code);
+	}
 	Py_DECREF(code);
 	if (!raise)
 		return 0;
@@ -184,7 +203,9 @@ void fidius_arm(fidius_ctl *ctl, int cleanup) {
 		Py_DECREF(capsule);
 		return;
 	}
-	ctl->arm = capsule; // borrowed: the thread state owns it
+	// Ours too, released at disarm: the plugin may replace the trace
+	// (sys.settrace), which drops the thread state's reference.
+	ctl->arm = capsule;
 }
 
 void fidius_disarm(fidius_ctl *ctl) {
@@ -202,6 +223,7 @@ void fidius_disarm(fidius_ctl *ctl) {
 			PyErr_Clear(); // ours stays, inert: a->ctl is NULL
 		fidius_err_restore(exc);
 	}
+	Py_DECREF(capsule);
 }
 
 int fidius_cancel_init(void) { return 0; }
@@ -211,9 +233,9 @@ void fidius_cancel_enter(fidius_ctl *ctl) { (void)ctl; }
 
 // 3.12 and later: _PyEval_SetTrace instruments the whole interpreter (all
 // Python code ran about 4x slower while it was on) and 3.13 no longer
-// exports it, so sys.monitoring (PEP 669) does the same work: callbacks for
-// LINE and JUMP events, and EXCEPTION_HANDLED to see a handler start. The
-// events are interpreter-wide, so they are enabled only while some call is
+// exports it, so sys.monitoring (PEP 669) does the same work: PY_START and
+// LINE events find a function's first line, JUMP and BRANCH events a
+// backward jump. The events are interpreter-wide, so they are enabled only while some call is
 // being cancelled; the callbacks find their call through a thread-local.
 // Meanwhile plugin code on other threads pays for a callback per line.
 
@@ -222,26 +244,50 @@ void fidius_cancel_enter(fidius_ctl *ctl) { (void)ctl; }
 static __thread fidius_ctl *tls_call;   // the call whose plugin code this thread runs
 static int armed_calls;                  // GIL-protected
 static PyObject *set_events;             // sys.monitoring.set_events
-static long events_on;                   // LINE | JUMP | EXCEPTION_HANDLED
+static long events_on;                   // PY_START | LINE | JUMP | BRANCH
 
-static PyObject *on_line(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-	fidius_ctl *ctl = tls_call;
-	if (ctl != NULL && ctl->armed && nargs > 0 && PyCode_Check(args[0]) && must_raise(ctl, (PyCodeObject *)args[0])) {
+static PyObject *raise_if(fidius_ctl *ctl, PyCodeObject *code) {
+	if (must_raise(ctl, code)) {
 		PyErr_SetNone(fidius_cancel_type);
 		return NULL;
 	}
 	Py_RETURN_NONE;
 }
 
-static PyObject *on_handled(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+// PY_START (code, offset): a function (or a generator's first run) starts;
+// its first line is a safe point.
+static PyObject *on_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
 	fidius_ctl *ctl = tls_call;
-	if (ctl != NULL && ctl->armed && nargs > 2)
-		ctl->unwinding = is_cancel_type((PyObject *)Py_TYPE(args[2]));
+	if (ctl != NULL && ctl->armed && nargs > 0)
+		ctl->entry = args[0];
 	Py_RETURN_NONE;
 }
 
+// LINE (code, line): raise at the first line of a starting function, or
+// at the line a backward jump led to.
+static PyObject *on_line(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+	fidius_ctl *ctl = tls_call;
+	if (ctl == NULL || !ctl->armed || nargs < 1 || args[0] != ctl->entry || !PyCode_Check(args[0]))
+		Py_RETURN_NONE;
+	ctl->entry = NULL;
+	return raise_if(ctl, (PyCodeObject *)args[0]);
+}
+
+// JUMP and BRANCH (code, from, to): a backward jump, a loop's back-edge,
+// makes the next line of that code a safe point. Not the jump itself: an
+// exception raised from a jump's callback skips the finally blocks around
+// it (seen on 3.12.1 and 3.13.0).
+static PyObject *on_jump(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+	fidius_ctl *ctl = tls_call;
+	if (ctl != NULL && ctl->armed && nargs >= 3 && PyLong_AsLong(args[2]) <= PyLong_AsLong(args[1]))
+		ctl->entry = args[0];
+	PyErr_Clear();
+	Py_RETURN_NONE;
+}
+
+static PyMethodDef on_start_def = {"fidius_on_start", (PyCFunction)(void (*)(void))on_start, METH_FASTCALL, NULL};
 static PyMethodDef on_line_def = {"fidius_on_line", (PyCFunction)(void (*)(void))on_line, METH_FASTCALL, NULL};
-static PyMethodDef on_handled_def = {"fidius_on_handled", (PyCFunction)(void (*)(void))on_handled, METH_FASTCALL, NULL};
+static PyMethodDef on_jump_def = {"fidius_on_jump", (PyCFunction)(void (*)(void))on_jump, METH_FASTCALL, NULL};
 
 static int events(long mask) {
 	PyObject *exc = fidius_err_take();
@@ -260,6 +306,16 @@ static long event_bit(PyObject *names, const char *name) {
 	return bit;
 }
 
+static int register_callback(PyObject *mon, const char *event, PyMethodDef *def, PyObject *names) {
+	long bit = event_bit(names, event);
+	PyObject *fn = bit < 0 ? NULL : PyCFunction_New(def, NULL);
+	PyObject *res = fn ? PyObject_CallMethod(mon, "register_callback", "ilO", FIDIUS_TOOL_ID, bit, fn) : NULL;
+	Py_XDECREF(fn);
+	Py_XDECREF(res);
+	events_on |= bit;
+	return res == NULL ? -1 : 0;
+}
+
 // fidius_cancel_init registers the callbacks (GIL held, at start-up).
 int fidius_cancel_init(void) {
 	PyObject *mon = PySys_GetObject("monitoring"); // borrowed
@@ -268,24 +324,17 @@ int fidius_cancel_init(void) {
 	PyObject *names = PyObject_GetAttrString(mon, "events");
 	if (names == NULL)
 		return -1;
-	long line = event_bit(names, "LINE"), jump = event_bit(names, "JUMP"), handled = event_bit(names, "EXCEPTION_HANDLED");
+	PyObject *r = PyObject_CallMethod(mon, "use_tool_id", "is", FIDIUS_TOOL_ID, "fidius-go");
+	int rc = r == NULL || register_callback(mon, "PY_START", &on_start_def, names) < 0 ||
+	                 register_callback(mon, "LINE", &on_line_def, names) < 0 ||
+	                 register_callback(mon, "JUMP", &on_jump_def, names) < 0 ||
+	                 register_callback(mon, "BRANCH", &on_jump_def, names) < 0
+	             ? -1
+	             : 0;
+	Py_XDECREF(r);
 	Py_DECREF(names);
-	if (line < 0 || jump < 0 || handled < 0)
-		return -1;
-	events_on = line | jump | handled;
-	PyObject *line_fn = PyCFunction_New(&on_line_def, NULL);
-	PyObject *handled_fn = PyCFunction_New(&on_handled_def, NULL);
-	PyObject *r1 = line_fn && handled_fn ? PyObject_CallMethod(mon, "use_tool_id", "is", FIDIUS_TOOL_ID, "fidius-go") : NULL;
-	PyObject *r2 = r1 ? PyObject_CallMethod(mon, "register_callback", "ilO", FIDIUS_TOOL_ID, line, line_fn) : NULL;
-	PyObject *r3 = r2 ? PyObject_CallMethod(mon, "register_callback", "ilO", FIDIUS_TOOL_ID, jump, line_fn) : NULL;
-	PyObject *r4 = r3 ? PyObject_CallMethod(mon, "register_callback", "ilO", FIDIUS_TOOL_ID, handled, handled_fn) : NULL;
-	set_events = r4 ? PyObject_GetAttrString(mon, "set_events") : NULL;
-	Py_XDECREF(line_fn);
-	Py_XDECREF(handled_fn);
-	Py_XDECREF(r1);
-	Py_XDECREF(r2);
-	Py_XDECREF(r3);
-	Py_XDECREF(r4);
+	if (rc == 0)
+		set_events = PyObject_GetAttrString(mon, "set_events");
 	return set_events == NULL ? -1 : 0;
 }
 
@@ -316,6 +365,20 @@ void fidius_disarm(fidius_ctl *ctl) {
 }
 
 #endif
+int fidius_rearm(fidius_ctl *ctl) {
+	if (!ctl->active || !ctl->cancelled)
+		return 0;
+#if PY_VERSION_HEX < 0x030C0000
+	if (ctl->arm != NULL && ctl->ts->c_traceobj != ctl->arm)
+		fidius_disarm(ctl); // the plugin replaced our trace: ours goes, theirs is chained
+#else
+	if (ctl->armed)
+		events(events_on); // the plugin may have turned the events off
+#endif
+	fidius_arm(ctl, 0);
+	return 1;
+}
+
 void fidius_interrupt(fidius_ctl *ctl) {
 	ctl->cancelled = 1;
 	if (ctl->active)

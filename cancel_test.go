@@ -617,3 +617,190 @@ func TestStreamDeadlineWithSlowFinally(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+const exitSource = `
+import gc, sys, threading, time
+lock = threading.Lock()
+cleaned = []
+ticks = 0
+
+def with_sleep():
+    with lock:
+        time.sleep(0.05)  # the deadline passes here; __exit__ comes next
+
+def try_finally_sleep():
+    lock.acquire()
+    try:
+        time.sleep(0.05)
+    finally:
+        lock.release()
+
+def finally_runs(i):
+    try:
+        time.sleep(0.05)
+    finally:
+        cleaned.append(i)
+
+def contended_cleanup():
+    # The grace period ends while the cleanup waits for the lock.
+    try:
+        while True:
+            pass
+    finally:
+        with lock:
+            cleaned.append("contended")
+
+def hold_lock(seconds):
+    with lock:
+        time.sleep(seconds)
+
+def lock_free():
+    # From a new thread: the lock is not re-entrant, but be sure anyway.
+    free = []
+    def probe():
+        if lock.acquire(timeout=1):
+            lock.release()
+            free.append(True)
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return bool(free)
+
+def take_cleaned():
+    out = list(cleaned)
+    cleaned.clear()
+    return out
+
+class Loud:
+    def __str__(self):
+        global ticks
+        while True:
+            ticks += 1
+
+def loud_result():
+    return Loud()
+
+def read_ticks():
+    return ticks
+
+def spin():
+    while True:
+        pass
+
+def blocks():
+    gc.collect()
+    return sys.getallocatedblocks()
+`
+
+func exitPlugin(t *testing.T) *PluginHandle {
+	dir, d := simplePlugin(t, exitSource, MethodDesc{Name: "with_sleep"}, MethodDesc{Name: "try_finally_sleep"},
+		MethodDesc{Name: "finally_runs"}, MethodDesc{Name: "contended_cleanup"}, MethodDesc{Name: "hold_lock"},
+		MethodDesc{Name: "lock_free"}, MethodDesc{Name: "take_cleaned"}, MethodDesc{Name: "loud_result"},
+		MethodDesc{Name: "read_ticks"}, MethodDesc{Name: "spin"}, MethodDesc{Name: "blocks"})
+	return mustLoad(t, dir, d)
+}
+
+func TestCancelNeverSkipsCleanupAtABlockExit(t *testing.T) {
+	// The deadline passes in time.sleep; the next plugin line is a with
+	// block's exit or a finally block on the normal path. Raised there,
+	// the exception would skip __exit__ or the release.
+	h := exitPlugin(t)
+	const runs = 10
+	for _, m := range []string{"with_sleep", "try_finally_sleep"} {
+		for i := 0; i < runs; i++ {
+			cancelAfter(t, h, m, 10*time.Millisecond)
+			time.Sleep(100 * time.Millisecond) // the sleep has ended
+			if !callNamed[bool](t, h, "lock_free") {
+				t.Fatalf("%s: the lock is held after cancelled call %d", m, i)
+			}
+		}
+	}
+	for i := 0; i < runs; i++ {
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+		_, err := Call[any](dctx, h, hidx(h, "finally_runs"), i)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := callNamed[[]any](t, h, "take_cleaned"); len(got) != runs {
+		t.Fatalf("finally blocks that ran: %v, want all %d", got, runs)
+	}
+}
+
+func TestCancelAfterTheGracePeriodLetsAWithBlockExit(t *testing.T) {
+	h := exitPlugin(t)
+	for i := 0; i < 3; i++ {
+		held := make(chan struct{})
+		go func() {
+			defer close(held)
+			time.Sleep(10 * time.Millisecond)
+			if _, err := Call[any](ctx, h, hidx(h, "hold_lock"), 0.4); err != nil {
+				t.Error(err)
+			}
+		}()
+		cancelAfter(t, h, "contended_cleanup", 30*time.Millisecond)
+		<-held
+		time.Sleep(300 * time.Millisecond)
+		if !callNamed[bool](t, h, "lock_free") {
+			t.Fatalf("round %d: the lock is held: the cleanup's with block did not exit", i)
+		}
+	}
+	if got := callNamed[[]any](t, h, "take_cleaned"); len(got) != 3 {
+		t.Fatalf("cleanups that ran: %v", got)
+	}
+}
+
+func TestCancelStopsPluginCodeTheEncoderRuns(t *testing.T) {
+	h := exitPlugin(t)
+	cancelAfter(t, h, "loud_result", 30*time.Millisecond)
+	time.Sleep(200 * time.Millisecond)
+	quiet(t, h)
+}
+
+func TestCancelledCallsLeakNothing(t *testing.T) {
+	h := exitPlugin(t)
+	run := func(n int) {
+		for i := 0; i < n; i++ {
+			cancelAfter(t, h, "spin", 5*time.Millisecond) // long enough to start: each is stopped
+		}
+		time.Sleep(300 * time.Millisecond) // the last ones stop
+	}
+	run(100) // warm-up
+	before := callNamed[int](t, h, "blocks")
+	run(300)
+	if grown := callNamed[int](t, h, "blocks") - before; grown > 50 {
+		t.Fatalf("Python's allocated blocks grew by %d over 300 cancelled calls", grown)
+	}
+}
+
+const escapeSource = `
+import sys
+ticks = 0
+
+def escape():
+    # Turns tracing off once it is interrupted (as a debugger helper
+    # might), then loops on.
+    global ticks
+    try:
+        while True:
+            ticks += 1
+    except BaseException:
+        sys.settrace(None)
+        if hasattr(sys, "monitoring"):
+            for tool in range(6):
+                sys.monitoring.set_events(tool, 0)
+    while True:
+        ticks += 1
+
+def read_ticks():
+    return ticks
+`
+
+func TestPluginCannotRemoveTheInterrupt(t *testing.T) {
+	dir, d := simplePlugin(t, escapeSource, MethodDesc{Name: "escape"}, MethodDesc{Name: "read_ticks"})
+	h := mustLoad(t, dir, d)
+	cancelAfter(t, h, "escape", 30*time.Millisecond)
+	quiet(t, h)
+}

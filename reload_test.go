@@ -231,7 +231,7 @@ func TestSDKRegistryImportlibReload(t *testing.T) {
 	mod := moduleName(t)
 	dir := writePackage(t, mod, map[string]string{
 		mod + ".py": "import importlib, fidius\nimport " + mod + "_sub as sub\n__interface_hash__ = 1\n" +
-			"def again():\n    importlib.reload(sub)\n    return [fidius.list_methods(sub.__name__), fidius.get_method('sub_only') is sub.sub_only]\n",
+			"def again():\n    importlib.reload(sub)\n    return [fidius.list_methods(sub.__name__), fidius.get_method('sub_only', sub.__name__) is sub.sub_only]\n",
 		mod + "_sub.py": "from fidius import method\n@method\ndef sub_only(): pass\n",
 	})
 	h := mustLoad(t, dir, &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "again"}}})

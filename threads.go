@@ -107,7 +107,9 @@ func (g *threadGate) enter(done <-chan struct{}) bool {
 	w := make(chan struct{})
 	g.mu.Lock()
 	g.waiters = append(g.waiters, w)
-	// A place given back since tryEnter failed saw no waiter to wake.
+	// Published before trying again: a place given back from now on sees
+	// a waiter to wake, and one given back before is taken here.
+	g.waiting.Store(int32(len(g.waiters)))
 	g.wakeLocked()
 	g.mu.Unlock()
 	select {
@@ -351,21 +353,41 @@ func (q *cancelQueue) send(c *cancellation) {
 
 func (q *cancelQueue) run() {
 	runtime.LockOSThread()
-	for range q.wake {
+	// Calls cancelled but still running are checked again every 100 ms: a
+	// plugin may have removed the interrupt (sys.settrace(None), say).
+	var watching []*cancellation
+	tick := time.NewTicker(100 * time.Millisecond)
+	for {
+		select {
+		case <-q.wake:
+		case <-tick.C:
+			if len(watching) == 0 {
+				continue
+			}
+		}
 		q.mu.Lock()
 		batch := q.pending
 		q.pending = nil
 		q.mu.Unlock()
-		if len(batch) == 0 {
+		if len(batch) == 0 && len(watching) == 0 {
 			continue
 		}
+		var still, done []*cancellation
 		C.fidius_gil_acquire()
 		for _, c := range batch {
 			C.fidius_interrupt(c.ctl)
 		}
+		for _, c := range append(watching, batch...) {
+			if C.fidius_rearm(c.ctl) != 0 {
+				still = append(still, c)
+			} else {
+				done = append(done, c)
+			}
+		}
 		C.fidius_gil_release()
-		for _, c := range batch {
+		for _, c := range done {
 			c.release()
 		}
+		watching = still
 	}
 }

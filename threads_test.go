@@ -36,6 +36,16 @@ def register_faulthandler():
 def ping():
     return "pong"
 
+def block_segv():
+    import _signal
+    for mod in (signal, _signal):
+        try:
+            mod.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGSEGV])
+        except RuntimeError as e:
+            continue
+        return "blocked"
+    return "refused"
+
 def big_error(n):
     raise ValueError("x" * n)
 
@@ -45,7 +55,7 @@ def hold_gil(n):
 
 func signalPlugin(t *testing.T) *PluginHandle {
 	dir, d := simplePlugin(t, signalSource, MethodDesc{Name: "take_signal"}, MethodDesc{Name: "enable_faulthandler"},
-		MethodDesc{Name: "register_faulthandler"}, MethodDesc{Name: "ping"}, MethodDesc{Name: "big_error"}, MethodDesc{Name: "hold_gil"})
+		MethodDesc{Name: "register_faulthandler"}, MethodDesc{Name: "ping"}, MethodDesc{Name: "big_error"}, MethodDesc{Name: "hold_gil"}, MethodDesc{Name: "block_segv"})
 	return mustLoad(t, dir, d)
 }
 
@@ -220,9 +230,14 @@ func TestFaultHandlerCannotTakeGoSignals(t *testing.T) {
 			if !errors.As(err, &perr) || perr.Code != "RuntimeError" || !strings.Contains(perr.Message, "faulthandler.register is disabled") {
 				t.Fatalf("faulthandler.register: %v", err)
 			}
+			if got, err := Call[string](ctx, h, 6); err != nil || got != "refused" {
+				t.Fatalf("pthread_sigmask(SIG_BLOCK, [SIGSEGV]): %q, %v", got, err)
+			}
+			runtime.LockOSThread() // the thread the calls above ran on
 			if r := recoverNilPointer(); r == nil {
 				t.Fatal("no panic")
 			}
+			runtime.UnlockOSThread()
 			if got, err := Call[string](ctx, h, 3); err != nil || got != "pong" {
 				t.Fatalf("after the panic: %q, %v", got, err)
 			}
@@ -241,5 +256,33 @@ func TestLargeErrorMessageIsNotKept(t *testing.T) {
 	}
 	if c := threadBufferCap(); c > 1<<20 {
 		t.Fatalf("the thread's buffer keeps %d bytes after the error", c)
+	}
+}
+
+func TestGateLosesNoWakeUp(t *testing.T) {
+	// Two goroutines through a gate of one place, as fast as they can: a
+	// place given back just as the other registers as a waiter must wake
+	// it.
+	g := newThreadGate(1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for w := 0; w < 2; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 500_000; i++ {
+					g.enter(nil)
+					g.leave()
+				}
+			}()
+		}
+		wg.Wait()
+	}()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("stuck: %d in use, %d waiting", g.inUse.Load(), g.waiting.Load())
 	}
 }

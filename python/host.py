@@ -251,16 +251,30 @@ def _no_fatal_handlers(*args, **kwargs):
     """
 
 
+def _refuse_sigmask(*args, **kwargs):
+    raise RuntimeError(
+        "fidius: signal handlers belong to the Go host; signal.pthread_sigmask is disabled "
+        "(a signal left blocked would stay blocked on a thread Go reuses)"
+    )
+
+
 def keep_go_signals():
     """Undo PYTHONFAULTHANDLER, and keep plugins from installing signal
-    handlers through faulthandler (signal.signal is refused anyway: no
-    plugin code runs on Python's main thread)."""
+    handlers through faulthandler or blocking signals on the thread that
+    runs them (signal.signal is refused anyway: no plugin code runs on
+    Python's main thread)."""
     fh = sys.modules.get("faulthandler", faulthandler)
     if fh.is_enabled():
         fh.disable()  # puts back the handlers it saved: Go's
     if fh.enable is not _no_fatal_handlers:
         fh.enable = _no_fatal_handlers
         fh.register = _refuse_register
+    for name in ("signal", "_signal"):
+        mod = sys.modules.get(name)
+        if mod is None:
+            mod = importlib.import_module(name)
+        if getattr(mod, "pthread_sigmask", _refuse_sigmask) is not _refuse_sigmask:
+            mod.pthread_sigmask = _refuse_sigmask
 
 
 def ensure_sdk():
