@@ -24,6 +24,9 @@
 
 #include "bridge.h"
 
+#if PY_VERSION_HEX < 0x030B0000
+#include <frameobject.h> // f_lasti
+#endif
 #include <time.h>
 
 // How long a plugin's cleanup may run once cancelled.
@@ -257,6 +260,7 @@ static PyObject *raise_if(fidius_ctl *ctl, PyCodeObject *code) {
 // PY_START (code, offset): a function (or a generator's first run) starts;
 // its first line is a safe point.
 static PyObject *on_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+	(void)self;
 	fidius_ctl *ctl = tls_call;
 	if (ctl != NULL && ctl->armed && nargs > 0)
 		ctl->entry = args[0];
@@ -266,6 +270,7 @@ static PyObject *on_start(PyObject *self, PyObject *const *args, Py_ssize_t narg
 // LINE (code, line): raise at the first line of a starting function, or
 // at the line a backward jump led to.
 static PyObject *on_line(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+	(void)self;
 	fidius_ctl *ctl = tls_call;
 	if (ctl == NULL || !ctl->armed || nargs < 1 || args[0] != ctl->entry || !PyCode_Check(args[0]))
 		Py_RETURN_NONE;
@@ -278,6 +283,7 @@ static PyObject *on_line(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 // exception raised from a jump's callback skips the finally blocks around
 // it (seen on 3.12.1 and 3.13.0).
 static PyObject *on_jump(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+	(void)self;
 	fidius_ctl *ctl = tls_call;
 	if (ctl != NULL && ctl->armed && nargs >= 3 && PyLong_AsLong(args[2]) <= PyLong_AsLong(args[1]))
 		ctl->entry = args[0];
