@@ -26,6 +26,8 @@ static __thread PyObject *tls_pending;
 
 fidius_buf *fidius_tls_buf(void) { return &tls_buf; }
 
+size_t fidius_buffer_cap(void) { return tls_buf.cap; }
+
 int fidius_buf_grow(fidius_buf *b, size_t extra) {
 	size_t want = b->len + extra;
 	size_t cap = b->cap ? b->cap : 256;

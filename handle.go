@@ -6,7 +6,7 @@ package fidius
 
 /*
 #include <stdlib.h>
-#include "bridge.h"
+#include "fidius.h"
 */
 import "C"
 
@@ -250,4 +250,4 @@ func (h *PluginHandle) result(ctx context.Context, m *MethodDesc, r C.fidius_res
 
 // threadBufferCap is the capacity of this OS thread's C output buffer;
 // tests use it to check that a large message does not stay allocated.
-func threadBufferCap() int { return int(C.fidius_tls_buf().cap) }
+func threadBufferCap() int { return int(C.fidius_buffer_cap()) }

@@ -7,7 +7,7 @@ package fidius
 /*
 #cgo CFLAGS: -Wall -Wextra -Wno-unused-function -Wno-unused-parameter
 #include <stdlib.h>
-#include "bridge.h"
+#include "fidius.h"
 // -Wno-unused-parameter: cgo's own generated glue has unused parameters.
 */
 import "C"

@@ -5,7 +5,7 @@
 package fidius
 
 /*
-#include "bridge.h"
+#include "fidius.h"
 */
 import "C"
 

@@ -6,7 +6,7 @@
 package fidius
 
 /*
-#include "bridge.h"
+#include "fidius.h"
 
 // Macros in the C API, as functions cgo can call.
 static int fidius_is_str(PyObject *o) { return PyUnicode_Check(o); }

@@ -5,7 +5,7 @@
 package fidius
 
 /*
-#include "bridge.h"
+#include "fidius.h"
 
 // Escapes what UTF-8 cannot hold (lone surrogates) instead of failing.
 static PyObject *fidius_text_bytes(PyObject *s) {

@@ -4,7 +4,7 @@
 package fidius
 
 /*
-#include "bridge.h"
+#include "fidius.h"
 */
 import "C"
 

@@ -6,7 +6,7 @@
 package fidius
 
 /*
-#include "bridge.h"
+#include "fidius.h"
 */
 import "C"
 
