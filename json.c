@@ -1,7 +1,8 @@
 // json.c converts between JSON text and Python objects without going
 // through Python's json module: the decoder builds objects straight from the
 // input (strict RFC 8259, exact integers), the encoder writes into the
-// calling thread's buffer following the value table of SPEC section 3.
+// calling thread's buffer following the value table in the package
+// documentation (doc.go) and the README.
 
 #include "bridge.h"
 

@@ -1,5 +1,5 @@
 // This file owns loading: from a package directory and an interface
-// descriptor to a checked *PluginHandle (SPEC sections 2 and 9), and
+// descriptor to a checked *PluginHandle, configured or not, and
 // Reload, which does the same again for a loaded handle.
 
 package fidius

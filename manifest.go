@@ -173,7 +173,7 @@ func parseManifest(path string, data []byte) (*Manifest, error) {
 		}
 	case RuntimePython:
 		if raw.Python == nil {
-			// Both a manifest error (SPEC section 1) and its own kind for
+			// Both a manifest error and its own kind for
 			// the loader (section 2).
 			return nil, fmt.Errorf("%w: %s: runtime is %q but %w", ErrManifest, path, RuntimePython, ErrMissingPythonSection)
 		}
