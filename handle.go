@@ -1,6 +1,7 @@
 // This file owns calling a loaded plugin: index and wire-mode checks in Go,
-// then one cgo crossing that does the whole call under the GIL (SPEC
-// section 3); interrupting a call whose context ends; and Close.
+// then one cgo crossing that does the whole call under the GIL; handing a
+// call under a context that can end to a goroutine of its own, so that its
+// caller can leave; and Close.
 
 package fidius
 

@@ -173,8 +173,8 @@ func parseManifest(path string, data []byte) (*Manifest, error) {
 		}
 	case RuntimePython:
 		if raw.Python == nil {
-			// Both a manifest error and its own kind for
-			// the loader (section 2).
+			// Both a manifest error and its own kind, which the
+			// loader reports.
 			return nil, fmt.Errorf("%w: %s: runtime is %q but %w", ErrManifest, path, RuntimePython, ErrMissingPythonSection)
 		}
 		if raw.Python.EntryModule == nil {
