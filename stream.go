@@ -119,7 +119,7 @@ func (s *stream) step(ctx context.Context, crossing func(*C.fidius_ctl) C.fidius
 		gate.leave()
 		return true
 	}
-	s.c.rearm()
+	s.c.nextStep()
 	s.orphaned = !s.c.cross(ctx, crossing, keep, s.finish)
 	return !s.orphaned
 }

@@ -327,8 +327,9 @@ func (c *cancellation) deliver() bool {
 	}
 }
 
-// rearm makes the control block ready for the next step of a stream.
-func (c *cancellation) rearm() { atomic.StoreInt32(c.state(), C.FIDIUS_WAITING) }
+// nextStep makes the control block's hand-off ready for the next step of
+// a stream.
+func (c *cancellation) nextStep() { atomic.StoreInt32(c.state(), C.FIDIUS_WAITING) }
 
 // canceller is the one thread that cancels calls. Interrupting a call
 // needs the GIL, so cancellations queue here and are handled in batches:

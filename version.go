@@ -71,6 +71,10 @@ func UseVirtualEnv(venvDir string) error {
 		s, e := pyPath(site), pyPath(exe)
 		defer s.decRef()
 		defer e.decRef()
+		if s == nil || e == nil {
+			err = fmt.Errorf("%w: adding %s: %s", ErrVirtualEnv, site, clearError())
+			return
+		}
 		if res := useVirtualEnv.call(s, e); res != nil {
 			res.decRef()
 		} else {
