@@ -7,6 +7,7 @@ package fidius
 import (
 	"archive/tar"
 	"compress/bzip2"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -54,6 +55,16 @@ func (o UnpackOptions) withDefaults() UnpackOptions {
 // directory inside dest, so a refused archive leaves nothing behind; an
 // existing package directory of the same name is replaced.
 func UnpackPackage(archive, dest string, opts UnpackOptions) (string, error) {
+	return UnpackPackageContext(context.Background(), archive, dest, opts)
+}
+
+// UnpackPackageContext is UnpackPackage under ctx: a large archive stops
+// unpacking when ctx ends, leaves nothing behind, and the error matches
+// ctx.Err().
+func UnpackPackageContext(ctx context.Context, archive, dest string, opts UnpackOptions) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
 	opts = opts.withDefaults()
 	f, err := os.Open(archive)
 	if err != nil {
@@ -73,7 +84,10 @@ func UnpackPackage(archive, dest string, opts UnpackOptions) (string, error) {
 	}
 	defer os.RemoveAll(staging)
 
-	if err := extract(tar.NewReader(bzip2.NewReader(f)), staging, st.Size(), opts); err != nil {
+	if err := extract(ctx, tar.NewReader(bzip2.NewReader(f)), staging, st.Size(), opts); err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return "", fmt.Errorf("unpacking %s: %w", archive, cerr)
+		}
 		return "", fmt.Errorf("%s: %w", archive, err)
 	}
 	top, err := packageRoot(staging)
@@ -90,15 +104,32 @@ func UnpackPackage(archive, dest string, opts UnpackOptions) (string, error) {
 	return final, nil
 }
 
+// ctxReader fails its reads once ctx has ended, so that a long copy stops
+// when its context does.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
 // reject wraps a rejection kind so that it also matches ErrArchive.
 func reject(kind error, format string, args ...any) error {
 	return fmt.Errorf("%w: %w: %s", ErrArchive, kind, fmt.Sprintf(format, args...))
 }
 
-func extract(tr *tar.Reader, dir string, compressed int64, o UnpackOptions) error {
+func extract(ctx context.Context, tr *tar.Reader, dir string, compressed int64, o UnpackOptions) error {
 	var total int64
 	ratioCap := compressed * o.MaxRatio
 	for n := 1; ; n++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		hdr, err := tr.Next()
 		if err == io.EOF {
 			return nil
@@ -139,7 +170,7 @@ func extract(tr *tar.Reader, dir string, compressed int64, o UnpackOptions) erro
 				return fmt.Errorf("%w: %w", ErrArchive, err)
 			}
 		case tar.TypeReg:
-			if err := writeEntry(tr, target, hdr); err != nil {
+			if err := writeEntry(ctxReader{ctx, tr}, target, hdr); err != nil {
 				return fmt.Errorf("%w: entry %q: %w", ErrArchive, name, err)
 			}
 		default:

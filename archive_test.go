@@ -3,12 +3,14 @@ package fidius
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dsnet/compress/bzip2"
 )
@@ -165,4 +167,35 @@ func TestArchiveErrorsAreDistinct(t *testing.T) {
 			}
 		}
 	}
+}
+
+func TestUnpackPackageContext(t *testing.T) {
+	// 64 MiB of zeros: a small archive that takes a while to unpack.
+	entries := packageEntries(t, "py-big-0.1.0")
+	entries = append(entries, tarEntry{name: "py-big-0.1.0/zeros.bin", body: strings.Repeat("\x00", 64<<20)})
+	archive := writeArchive(t, entries)
+	opts := UnpackOptions{MaxSize: 1 << 30, MaxRatio: 1 << 20}
+
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	dest := t.TempDir()
+	if _, err := UnpackPackageContext(done, archive, dest, opts); !errors.Is(err, context.Canceled) {
+		t.Fatalf("unpacking under a cancelled context: %v", err)
+	}
+
+	short, cancel := context.WithTimeout(ctx, 5*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := UnpackPackageContext(short, archive, dest, opts)
+	wantErr(t, err, context.DeadlineExceeded, "unpacking "+archive)
+	t.Logf("stopped %v after the deadline", time.Since(start)-5*time.Millisecond)
+	if entries, _ := os.ReadDir(dest); len(entries) != 0 {
+		t.Errorf("an interrupted unpack left %d entries in dest", len(entries))
+	}
+
+	start = time.Now()
+	if _, err := UnpackPackageContext(ctx, archive, dest, opts); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("unpacking it whole took %v", time.Since(start))
 }

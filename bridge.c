@@ -315,6 +315,25 @@ static void settle(fidius_ctl *ctl) {
 	fidius_cancel_enter(NULL);
 }
 
+// fidius_load_begin marks the plugin code a load runs (its imports, its
+// __fidius_configure__) as interruptible through ctl, as a call's is. It
+// returns 0 if the loader's caller has already left: then nothing may run.
+int fidius_load_begin(fidius_ctl *ctl, fidius_slot *s) {
+	ctl->ts = tls_ts;
+	ctl->slot = s;
+	int waiting = FIDIUS_WAITING;
+	if (ctl->cancelled ||
+	    !__atomic_compare_exchange_n(&ctl->state, &waiting, FIDIUS_RUNNING, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+		ctl->cancelled = 1;
+		return 0;
+	}
+	ctl->active = 1;
+	fidius_cancel_enter(ctl);
+	return 1;
+}
+
+void fidius_load_end(fidius_ctl *ctl) { settle(ctl); }
+
 // enter begins a call and returns a new reference to method i of the
 // slot's current table, or NULL with FIDIUS_CLOSED (or cancelled).
 static PyObject *enter(fidius_slot *s, Py_ssize_t i, fidius_ctl *ctl, fidius_result *r) {

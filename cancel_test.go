@@ -383,10 +383,10 @@ func stormPlugin(t *testing.T) *PluginHandle {
 }
 
 // call calls the storm plugin's method by name without a deadline.
-func callNamed[T any](t *testing.T, h *PluginHandle, name string) T {
+func callNamed[T any](t *testing.T, h *PluginHandle, name string, args ...any) T {
 	t.Helper()
 	var out T
-	err := guarded(t, func() (err error) { out, err = Call[T](ctx, h, hidx(h, name)); return err })
+	err := guarded(t, func() (err error) { out, err = Call[T](ctx, h, hidx(h, name), args...); return err })
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}

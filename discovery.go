@@ -4,6 +4,7 @@
 package fidius
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
@@ -54,6 +55,12 @@ type PackageInfo struct {
 // archive, is reported in the error, which joins them all; the packages
 // that could be read are returned with it.
 func (h *Host) Packages() ([]PackageInfo, error) {
+	return h.PackagesContext(context.Background())
+}
+
+// PackagesContext is Packages under ctx, which stops unpacking archives
+// when it ends; the error then matches ctx.Err().
+func (h *Host) PackagesContext(ctx context.Context) ([]PackageInfo, error) {
 	var (
 		found []PackageInfo
 		errs  []error
@@ -65,8 +72,11 @@ func (h *Host) Packages() ([]PackageInfo, error) {
 			continue
 		}
 		for _, e := range entries {
+			if err := ctx.Err(); err != nil {
+				return found, err
+			}
 			p := filepath.Join(sp, e.Name())
-			info, ok, err := h.inspect(p, e.IsDir())
+			info, ok, err := h.inspect(ctx, p, e.IsDir())
 			if err != nil {
 				errs = append(errs, err)
 			} else if ok {
@@ -78,7 +88,7 @@ func (h *Host) Packages() ([]PackageInfo, error) {
 }
 
 // inspect reads the package at p, if p is one.
-func (h *Host) inspect(p string, isDir bool) (PackageInfo, bool, error) {
+func (h *Host) inspect(ctx context.Context, p string, isDir bool) (PackageInfo, bool, error) {
 	if isDir {
 		if _, err := os.Stat(filepath.Join(p, "package.toml")); err != nil {
 			return PackageInfo{}, false, nil
@@ -89,7 +99,7 @@ func (h *Host) inspect(p string, isDir bool) (PackageInfo, bool, error) {
 	if !h.isArchive(p) {
 		return PackageInfo{}, false, nil
 	}
-	dir, err := h.unpackCached(p)
+	dir, err := h.unpackCached(ctx, p)
 	if err != nil {
 		return PackageInfo{}, false, err
 	}
@@ -112,14 +122,17 @@ func (h *Host) isArchive(p string) bool {
 
 // unpackCached unpacks an archive into a cache directory named after its
 // content, unless an earlier call already did.
-func (h *Host) unpackCached(archive string) (string, error) {
+func (h *Host) unpackCached(ctx context.Context, archive string) (string, error) {
 	f, err := os.Open(archive)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrArchive, err)
 	}
 	sum := sha256.New()
-	_, err = io.Copy(sum, f)
+	_, err = io.Copy(sum, ctxReader{ctx, f})
 	f.Close()
+	if cerr := ctx.Err(); cerr != nil {
+		return "", fmt.Errorf("unpacking %s: %w", archive, cerr)
+	}
 	if err != nil {
 		return "", fmt.Errorf("%w: %s: %w", ErrArchive, archive, err)
 	}
@@ -136,13 +149,18 @@ func (h *Host) unpackCached(archive string) (string, error) {
 	if dir, err := packageRoot(dest); err == nil {
 		return dir, nil
 	}
-	return UnpackPackage(archive, dest, h.Unpack)
+	return UnpackPackageContext(ctx, archive, dest, h.Unpack)
 }
 
 // List returns the packages that implement the named interface; an empty
 // name lists them all. Errors are as for Packages.
 func (h *Host) List(iface string) ([]PackageInfo, error) {
-	all, err := h.Packages()
+	return h.ListContext(context.Background(), iface)
+}
+
+// ListContext is List under ctx, as PackagesContext.
+func (h *Host) ListContext(ctx context.Context, iface string) ([]PackageInfo, error) {
+	all, err := h.PackagesContext(ctx)
 	if iface == "" {
 		return all, err
 	}
@@ -158,7 +176,15 @@ func (h *Host) List(iface string) ([]PackageInfo, error) {
 // Find returns the first package called name. A name no readable package
 // has is ErrPackageNotFound, with the problems met on the way.
 func (h *Host) Find(name string) (PackageInfo, error) {
-	all, err := h.Packages()
+	return h.FindContext(context.Background(), name)
+}
+
+// FindContext is Find under ctx, as PackagesContext.
+func (h *Host) FindContext(ctx context.Context, name string) (PackageInfo, error) {
+	all, err := h.PackagesContext(ctx)
+	if cerr := ctx.Err(); cerr != nil {
+		return PackageInfo{}, cerr
+	}
 	for _, p := range all {
 		if p.Manifest.Package.Name == name {
 			return p, nil
@@ -175,7 +201,13 @@ func (h *Host) Find(name string) (PackageInfo, error) {
 // after checking its signature against TrustedKeys when RequireSignature
 // is set.
 func (h *Host) Load(name string, desc *InterfaceDescriptor) (*PluginHandle, error) {
-	p, err := h.Find(name)
+	return h.LoadContext(context.Background(), name, desc)
+}
+
+// LoadContext is Load under ctx, which stops unpacking archives and
+// interrupts the import as LoadPythonPluginContext describes.
+func (h *Host) LoadContext(ctx context.Context, name string, desc *InterfaceDescriptor) (*PluginHandle, error) {
+	p, err := h.FindContext(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -184,5 +216,5 @@ func (h *Host) Load(name string, desc *InterfaceDescriptor) (*PluginHandle, erro
 			return nil, err
 		}
 	}
-	return LoadPythonPlugin(p.Dir, desc, h.Options...)
+	return LoadPythonPluginContext(ctx, p.Dir, desc, h.Options...)
 }

@@ -121,6 +121,11 @@ void fidius_interrupt(fidius_ctl *ctl);
 // fidius_rearm puts the interrupt back if the plugin removed it, and
 // returns 0 once ctl's call no longer runs plugin code (GIL held).
 int fidius_rearm(fidius_ctl *ctl);
+// fidius_load_begin and fidius_load_end bracket the plugin code a load
+// runs, so that ctl interrupts it as it would a call (GIL held). Begin
+// returns 0 when the load's caller has already left: nothing may run.
+int fidius_load_begin(fidius_ctl *ctl, fidius_slot *s);
+void fidius_load_end(fidius_ctl *ctl);
 int fidius_cancel_init(void);                    // GIL held, once at start-up
 
 // Tables and slots (GIL held by the caller).

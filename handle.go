@@ -31,17 +31,10 @@ type PluginHandle struct {
 	closed atomic.Bool
 }
 
-// newHandle gives tab a slot of its own. The slot's memory is freed, and
-// its Python references released, once the handle is unreachable, so a
-// handle dropped without Close loses nothing.
-func newHandle(p *plugin, tab *C.fidius_table) *PluginHandle {
-	dir := C.CString(p.dir)
-	slot := C.fidius_slot_new(dir)
-	C.free(unsafe.Pointer(dir))
-	if slot == nil {
-		panic("fidius: out of memory allocating a handle")
-	}
-	slot.tab = tab
+// newHandle makes the handle that calls through slot. The slot's memory
+// is freed, and its Python references released, once the handle is
+// unreachable, so a handle dropped without Close loses nothing.
+func newHandle(p *plugin, slot *C.fidius_slot) *PluginHandle {
 	h := &PluginHandle{plugin: p, slot: slot}
 	runtime.AddCleanup(h, func(s *C.fidius_slot) {
 		go withGIL(func() { C.fidius_slot_free(s) })

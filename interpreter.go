@@ -39,6 +39,7 @@ var (
 
 	// Helpers from host.py, owned for the life of the process.
 	dropModules     *pyObject
+	modulesUnder    *pyObject
 	restoreModules  *pyObject
 	foreignLocation *pyObject
 	ensureSDK       *pyObject
@@ -94,7 +95,7 @@ func startInterpreter() error {
 		dst  **pyObject
 	}{
 		{"describe", &describe}, {"field_names", &fields}, {"install_sdk", &install}, {"CallCancelled", &cancelled},
-		{"drop_modules", &dropModules}, {"restore_modules", &restoreModules}, {"foreign_location", &foreignLocation},
+		{"drop_modules", &dropModules}, {"restore_modules", &restoreModules}, {"modules_under", &modulesUnder}, {"foreign_location", &foreignLocation},
 		{"ensure_sdk", &ensureSDK}, {"registered_methods", &registeredNames}, {"use_virtual_env", &useVirtualEnv},
 	} {
 		if *h.dst = mod.getAttr(h.name); *h.dst == nil {

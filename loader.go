@@ -5,17 +5,19 @@
 package fidius
 
 /*
+#include <stdlib.h>
 #include "fidius.h"
 */
 import "C"
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
+	"unsafe"
 
 	"go.uber.org/zap"
 )
@@ -38,19 +40,84 @@ func WithLogger(l *zap.Logger) Option {
 	}
 }
 
-// importMu serialises the imports the library starts: loads, reloads and
-// inspections. They share one sys.modules, and an import gives up the GIL
-// (a plugin's top level may sleep or read files), so without it a reload
-// could drop modules another load is still importing, or a load could pick
-// up a module a failed reload is about to put back. It is always taken
-// before the GIL, never while holding it.
-var importMu sync.Mutex
+// importTurn serialises the imports the library starts: loads, reloads
+// and inspections. They share one sys.modules, and an import gives up the
+// GIL (a plugin's top level may sleep or read files), so without it a
+// reload could drop modules another load is still importing, or a load
+// could pick up a module a failed reload is about to put back. It is
+// always taken before the GIL, never while holding it, and waiting for it
+// ends with the waiter's context.
+var importTurn = make(chan struct{}, 1)
 
-// importing runs f holding importMu and the GIL.
-func importing(f func()) {
-	importMu.Lock()
-	defer importMu.Unlock()
-	withGIL(f)
+// importing runs f holding the import turn and the GIL, on a pinned thread,
+// with the plugin code f runs (imports, __fidius_configure__) interrupted
+// like a call's when ctx ends; slot names the package whose code that is.
+// finish runs right after f, still holding the GIL, with kept false when
+// the caller will not receive what f made (ctx ended), so that it can undo
+// it: free a table, drop half-imported modules, leave a handle as it was.
+//
+// importing returns ctx's error if ctx ended before f finished; the caller
+// returns at once then, and f goes on in the background until the
+// interrupt stops it.
+func importing(ctx context.Context, slot *C.fidius_slot, f func(), finish func(kept bool)) error {
+	select {
+	case importTurn <- struct{}{}:
+	default:
+		select {
+		case importTurn <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if ctx.Done() == nil {
+		defer func() { <-importTurn }()
+		withGIL(func() {
+			f()
+			finish(true)
+		})
+		return nil
+	}
+	c := newCancellation(ctx)
+	var kept bool
+	stayed := c.cross(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
+		C.fidius_gil_acquire()
+		if C.fidius_load_begin(ctl, slot) != 0 {
+			f()
+		}
+		C.fidius_load_end(ctl)
+		// deliver keeps the caller from leaving from here on: what f made
+		// is either the caller's or undone, never both.
+		kept = ctl.cancelled == 0 && c.deliver()
+		finish(kept)
+		C.fidius_gil_release()
+		return C.fidius_result{}
+	}, func(C.fidius_result) {}, func() {
+		<-importTurn
+		c.free()
+	})
+	if !stayed {
+		return ctx.Err()
+	}
+	<-importTurn
+	c.free()
+	if !kept {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return context.Canceled // cancelled, and ctx says so in a moment
+	}
+	return nil
+}
+
+// newSlot makes the C slot a handle calls through, empty.
+func newSlot(dir string) *C.fidius_slot {
+	cdir := C.CString(dir)
+	slot := C.fidius_slot_new(cdir)
+	C.free(unsafe.Pointer(cdir))
+	if slot == nil {
+		panic("fidius: out of memory allocating a handle")
+	}
+	return slot
 }
 
 // plugin is what a handle needs to import its plugin again.
@@ -82,8 +149,24 @@ type plugin struct {
 // the name of a module already imported from elsewhere (another package's
 // entry module, say) is refused with ErrModuleConflict. For the same reason
 // loads, reloads and InspectPythonPackage run one at a time.
+//
+// LoadPythonPlugin runs the package's top-level code with no way to stop
+// it; LoadPythonPluginContext is the same load under a context.
 func LoadPythonPlugin(packageDir string, desc *InterfaceDescriptor, opts ...Option) (*PluginHandle, error) {
-	return load(packageDir, desc, nil, opts)
+	return load(context.Background(), packageDir, desc, nil, opts)
+}
+
+// LoadPythonPluginContext is LoadPythonPlugin under ctx. Loading runs
+// plugin code (the entry module's top level, what it imports), so a load
+// can take as long as a call: when ctx ends, that code is interrupted as a
+// call's would be (see Cancellation in the package documentation), the
+// modules of the package it had imported are removed from sys.modules, so
+// that a later load of a fixed package starts afresh, and the error
+// matches ctx.Err(). The function returns as soon as ctx ends, even while
+// Python is inside a long C function; the interrupted import finishes in
+// the background, and the next load waits for it (or for its own ctx).
+func LoadPythonPluginContext(ctx context.Context, packageDir string, desc *InterfaceDescriptor, opts ...Option) (*PluginHandle, error) {
+	return load(ctx, packageDir, desc, nil, opts)
 }
 
 // LoadPythonPluginConfigured loads a package like LoadPythonPlugin, then
@@ -96,14 +179,21 @@ func LoadPythonPlugin(packageDir string, desc *InterfaceDescriptor, opts ...Opti
 // raised by it is an *ImportError (ErrImportFailed); a config that does not
 // marshal to JSON is ErrInputDecode.
 func LoadPythonPluginConfigured(packageDir string, desc *InterfaceDescriptor, config any, opts ...Option) (*PluginHandle, error) {
+	return LoadPythonPluginConfiguredContext(context.Background(), packageDir, desc, config, opts...)
+}
+
+// LoadPythonPluginConfiguredContext is LoadPythonPluginConfigured under
+// ctx, which interrupts the import and __fidius_configure__ as
+// LoadPythonPluginContext describes.
+func LoadPythonPluginConfiguredContext(ctx context.Context, packageDir string, desc *InterfaceDescriptor, config any, opts ...Option) (*PluginHandle, error) {
 	b, err := json.Marshal(config)
 	if err != nil {
 		return nil, fmt.Errorf("%w: config: %v", ErrInputDecode, err)
 	}
-	return load(packageDir, desc, b, opts)
+	return load(ctx, packageDir, desc, b, opts)
 }
 
-func load(packageDir string, desc *InterfaceDescriptor, config []byte, opts []Option) (*PluginHandle, error) {
+func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, config []byte, opts []Option) (*PluginHandle, error) {
 	o := loadOptions{logger: zap.NewNop()}
 	for _, opt := range opts {
 		opt(&o)
@@ -119,25 +209,51 @@ func load(packageDir string, desc *InterfaceDescriptor, config []byte, opts []Op
 				ErrMethodNotRegistered, i, md.Name, desc.InterfaceName)
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	dir, m, err := openPythonPackage(packageDir)
 	if err != nil {
 		return nil, err
 	}
 	p := &plugin{dir: dir, entry: m.Python.EntryModule, desc: desc.clone(), config: config, logger: o.logger}
 
+	slot := newSlot(dir)
 	var (
 		tab      *C.fidius_table
 		inserted []string
+		before   *pyObject
 	)
-	importing(func() {
+	ierr := importing(ctx, slot, func() {
 		inserted, err = prependSysPath(dir)
-		if err == nil {
-			tab, err = p.importTable()
+		if err != nil {
+			return
+		}
+		if before, err = p.modulesUnder(); err != nil {
+			return
+		}
+		tab, err = p.importTable()
+	}, func(kept bool) {
+		if err == nil && kept {
+			slot.tab = tab
+		} else if before != nil {
+			if tab != nil {
+				C.fidius_table_free(tab)
+			}
+			p.restoreModules(before) // a later load of the fixed package starts afresh
+		}
+		before.decRef()
+		if slot.tab == nil {
+			C.fidius_slot_free(slot)
+			slot = nil
 		}
 	})
 	// Logged after the GIL is released: a logger's sink may block.
 	for _, path := range inserted {
 		p.logger.Debug("prepended to sys.path", zap.String("path", path))
+	}
+	if ierr != nil {
+		return nil, fmt.Errorf("loading package %s: %w", dir, ierr)
 	}
 	if err != nil {
 		return nil, err
@@ -146,7 +262,34 @@ func load(packageDir string, desc *InterfaceDescriptor, config []byte, opts []Op
 		zap.String("package", dir),
 		zap.String("interface", p.desc.InterfaceName),
 		zap.String("entry_module", p.entry))
-	return newHandle(p, tab), nil
+	return newHandle(p, slot), nil
+}
+
+// modulesUnder returns the package's modules now in sys.modules, for
+// restoreModules to go back to. GIL held.
+func (p *plugin) modulesUnder() (*pyObject, error) {
+	dir := pyPath(p.dir)
+	if dir == nil {
+		return nil, fmt.Errorf("%w: listing the modules of %s: %s", ErrImportFailed, p.dir, clearError())
+	}
+	defer dir.decRef()
+	mods := modulesUnder.call(dir)
+	if mods == nil {
+		return nil, fmt.Errorf("%w: listing the modules of %s: %s", ErrImportFailed, p.dir, clearError())
+	}
+	return mods, nil
+}
+
+// restoreModules drops the package's modules from sys.modules and puts
+// back the ones in saved. GIL held.
+func (p *plugin) restoreModules(saved *pyObject) {
+	dir := pyPath(p.dir)
+	if dir == nil {
+		clearError()
+		return
+	}
+	defer dir.decRef()
+	callHelper(restoreModules, dir, saved)
 }
 
 // openPythonPackage starts the interpreter if needed and reads the
@@ -334,40 +477,68 @@ type PackageReport struct {
 // against a descriptor. Tools use it to build a descriptor for a package
 // they know nothing about.
 func InspectPythonPackage(packageDir string) (*PackageReport, error) {
+	return InspectPythonPackageContext(context.Background(), packageDir)
+}
+
+// InspectPythonPackageContext is InspectPythonPackage under ctx, which
+// interrupts the import as LoadPythonPluginContext describes.
+func InspectPythonPackageContext(ctx context.Context, packageDir string) (*PackageReport, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	dir, m, err := openPythonPackage(packageDir)
 	if err != nil {
 		return nil, err
 	}
 	p := &plugin{dir: dir, entry: m.Python.EntryModule}
 	r := &PackageReport{Manifest: m}
-	importing(func() {
+	slot := newSlot(dir) // only to name the code a cancellation interrupts
+	var before *pyObject
+	ierr := importing(ctx, slot, func() {
 		if _, err = prependSysPath(dir); err != nil {
 			return
 		}
-		var mod *pyObject
-		if mod, err = p.importEntry(); err != nil {
+		if before, err = p.modulesUnder(); err != nil {
 			return
 		}
-		defer mod.decRef()
-		if r.InterfaceHash, err = readHash(mod, p.entry); err != nil {
-			return
+		err = p.inspect(r)
+	}, func(kept bool) {
+		if (err != nil || !kept) && before != nil {
+			p.restoreModules(before)
 		}
-		entry := pyString(p.entry)
-		defer entry.decRef()
-		names := registeredNames.call(entry)
-		if names == nil {
-			err = fmt.Errorf("%w: listing the methods of %q: %s", ErrImportFailed, p.entry, clearError())
-			return
-		}
-		defer names.decRef()
-		for i, n := 0, names.listLen(); i < n; i++ {
-			r.Methods = append(r.Methods, pyText(names.listItem(i)))
-		}
+		before.decRef()
+		C.fidius_slot_free(slot)
 	})
+	if ierr != nil {
+		return nil, fmt.Errorf("inspecting package %s: %w", dir, ierr)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+// inspect imports the entry module and fills in what it declares. GIL held.
+func (p *plugin) inspect(r *PackageReport) error {
+	mod, err := p.importEntry()
+	if err != nil {
+		return err
+	}
+	defer mod.decRef()
+	if r.InterfaceHash, err = readHash(mod, p.entry); err != nil {
+		return err
+	}
+	entry := pyString(p.entry)
+	defer entry.decRef()
+	names := registeredNames.call(entry)
+	if names == nil {
+		return fmt.Errorf("%w: listing the methods of %q: %s", ErrImportFailed, p.entry, clearError())
+	}
+	defer names.decRef()
+	for i, n := 0, names.listLen(); i < n; i++ {
+		r.Methods = append(r.Methods, pyText(names.listItem(i)))
+	}
+	return nil
 }
 
 // Reload imports the plugin again from disk: the entry module and every
@@ -384,34 +555,53 @@ func InspectPythonPackage(packageDir string) (*PackageReport, error) {
 // Loads and reloads run one at a time in the process. A module of the
 // package that another thread is importing (a call importing a helper
 // lazily) is dropped only once that import is over.
-func (h *PluginHandle) Reload() error {
+func (h *PluginHandle) Reload() error { return h.ReloadContext(context.Background()) }
+
+// ReloadContext is Reload under ctx, which interrupts the import as
+// LoadPythonPluginContext describes. An interrupted reload has failed:
+// the handle keeps serving the old code.
+func (h *PluginHandle) ReloadContext(ctx context.Context) error {
+	if h.closed.Load() {
+		return h.errClosed()
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	p := h.plugin
-	var err error
-	importing(func() {
+	var (
+		err   error
+		saved *pyObject
+		tab   *C.fidius_table
+	)
+	ierr := importing(ctx, h.slot, func() {
 		dir := pyPath(p.dir)
 		if dir == nil {
 			err = fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
 			return
 		}
 		defer dir.decRef()
-		saved := dropModules.call(dir)
-		if saved == nil {
+		if saved = dropModules.call(dir); saved == nil {
 			err = fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
 			return
 		}
-		defer saved.decRef()
-		var tab *C.fidius_table
 		tab, err = p.importTable()
-		if err != nil {
-			callHelper(restoreModules, dir, saved)
-			return
+	}, func(kept bool) {
+		switch {
+		case err == nil && kept && !h.closed.Load():
+			C.fidius_slot_swap(h.slot, tab)
+		case err == nil:
+			C.fidius_table_free(tab) // closed while importing, or the caller left
+			if !kept {
+				p.restoreModules(saved)
+			}
+		case saved != nil:
+			p.restoreModules(saved)
 		}
-		if h.closed.Load() {
-			C.fidius_table_free(tab) // closed while importing: nothing to switch
-			return
-		}
-		C.fidius_slot_swap(h.slot, tab)
+		saved.decRef()
 	})
+	if ierr != nil {
+		return fmt.Errorf("reloading package %s: %w", p.dir, ierr)
+	}
 	if err != nil {
 		return err
 	}

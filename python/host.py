@@ -138,6 +138,17 @@ def use_virtual_env(site_packages, executable):
         sys.executable = executable
 
 
+def modules_under(directory):
+    """The modules in sys.modules whose file lies under directory, by name."""
+    prefix = os.path.join(directory, "")
+    found = {}
+    for name, mod in list(sys.modules.items()):
+        path = getattr(mod, "__file__", None)
+        if isinstance(path, str) and os.path.abspath(path).startswith(prefix):
+            found[name] = mod
+    return found
+
+
 def drop_modules(directory):
     """Remove every module whose file lies under directory from sys.modules.
 
@@ -150,28 +161,26 @@ def drop_modules(directory):
     takes the module back out of sys.modules when it finishes, and fails
     if it is gone. Taking the module's import lock waits for that.
     """
-    prefix = os.path.join(directory, "")
     dropped = {}
-    for name, mod in list(sys.modules.items()):
-        path = getattr(mod, "__file__", None)
-        if isinstance(path, str) and os.path.abspath(path).startswith(prefix):
-            with _module_lock(name):
-                if sys.modules.get(name) is not mod:
-                    continue  # replaced or removed while we waited
-                del sys.modules[name]
-            dropped[name] = mod
-            cached = getattr(mod, "__cached__", None)
-            if isinstance(cached, str):
-                try:
-                    os.remove(cached)
-                except OSError:
-                    pass
+    for name, mod in modules_under(directory).items():
+        with _module_lock(name):
+            if sys.modules.get(name) is not mod:
+                continue  # replaced or removed while we waited
+            del sys.modules[name]
+        dropped[name] = mod
+        cached = getattr(mod, "__cached__", None)
+        if isinstance(cached, str):
+            try:
+                os.remove(cached)
+            except OSError:
+                pass
     importlib.invalidate_caches()
     return dropped
 
 
 def restore_modules(directory, dropped):
-    """Undo a failed reload: drop what it imported, put the old modules back."""
+    """Undo a failed load or reload: drop what it imported, put back the
+    modules it found (a reload's dropped ones, a load's modules_under)."""
     drop_modules(directory)
     for name, mod in dropped.items():
         with _module_lock(name):  # after any import of it in progress, as above
