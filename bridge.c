@@ -19,6 +19,7 @@ static PyInterpreterState *interp;
 static pthread_key_t ts_key;
 static PyObject *describe_fn;   // bootstrap describe(exc, structured) -> (bytes, bytes, details)
 PyObject *fidius_fields_fn;     // bootstrap field_names(obj) -> tuple of str, used by json.c
+PyObject *fidius_mapping_abc;   // collections.abc.Mapping, used by json.c
 
 static __thread PyThreadState *tls_ts;
 static __thread fidius_buf tls_buf;
@@ -100,13 +101,15 @@ void fidius_gil_acquire(void) {
 
 void fidius_gil_release(void) { PyEval_SaveThread(); }
 
-void fidius_set_helpers(PyObject *describe, PyObject *fields, PyObject *cancel) {
+void fidius_set_helpers(PyObject *describe, PyObject *fields, PyObject *cancel, PyObject *mapping) {
 	Py_INCREF(describe);
 	Py_INCREF(fields);
 	Py_INCREF(cancel);
+	Py_INCREF(mapping);
 	describe_fn = describe;
 	fidius_fields_fn = fields;
 	fidius_cancel_type = cancel;
+	fidius_mapping_abc = mapping;
 }
 
 // fidius_exec_bootstrap runs the host's private Python helpers in a module
@@ -207,7 +210,7 @@ static void describe_error(fidius_result *r, int structured) {
 		put_bytes_obj(b, PyTuple_GET_ITEM(desc, 1), &r->len2);
 		PyObject *details = PyTuple_GET_ITEM(desc, 2);
 		size_t mark = b->len;
-		if (details != Py_None && fidius_json_encode(details) < 0) {
+		if (details != Py_None && fidius_json_encode(details, 0) < 0) {
 			// Details that do not encode are dropped rather than
 			// replacing the plugin's own error with an encoding one.
 			PyErr_Clear();
@@ -394,10 +397,10 @@ static PyObject *call_json(PyObject *fn, const char *in, size_t n, fidius_ctl *c
 }
 
 // encode_result writes a typed result as JSON into the thread buffer.
-static void encode_result(PyObject *res, fidius_result *r) {
+static void encode_result(fidius_slot *s, PyObject *res, fidius_result *r) {
 	fidius_buf *b = &tls_buf;
 	b->len = 0;
-	if (fidius_json_encode(res) < 0) {
+	if (fidius_json_encode(res, s->strict) < 0) {
 		message_error(r, FIDIUS_OUTPUT, "return value cannot be encoded as JSON");
 		return;
 	}
@@ -459,8 +462,9 @@ static void raw_result(PyObject *res, fidius_result *r) {
 			message_error(r, FIDIUS_OUTPUT, "raw result cannot be copied");
 			return;
 		}
-	} else if (PyByteArray_Check(res) || PyMemoryView_Check(res)) {
-		// Mutable or borrowed memory: copy it while the GIL is held.
+	} else if (PyObject_CheckBuffer(res)) {
+		// Mutable or borrowed memory (bytearray, memoryview, a numpy
+		// array, array.array): copy it, in C order, while the GIL is held.
 		Py_buffer view;
 		if (PyObject_GetBuffer(res, &view, PyBUF_FULL_RO) < 0) {
 			message_error(r, FIDIUS_OUTPUT, "raw result buffer cannot be read");
@@ -475,8 +479,8 @@ static void raw_result(PyObject *res, fidius_result *r) {
 			return;
 		}
 	} else {
-		char msg[200];
-		snprintf(msg, sizeof msg, "raw method must return bytes, bytearray or memoryview, not %.100s",
+		char msg[300];
+		snprintf(msg, sizeof msg, "raw method must return bytes or another object with the buffer protocol (bytearray, memoryview, a numpy array), not %.100s",
 		         Py_TYPE(res)->tp_name);
 		message_error(r, FIDIUS_OUTPUT, msg);
 		return;
@@ -495,7 +499,7 @@ fidius_result fidius_call(fidius_slot *s, Py_ssize_t i, int raw, const char *in,
 		if (raw)
 			raw_result(res, &r);
 		else
-			encode_result(res, &r);
+			encode_result(s, res, &r);
 		Py_DECREF(res);
 	}
 	leave(ctl, &r);
@@ -554,7 +558,7 @@ fidius_result fidius_stream_next(fidius_slot *s, PyObject *it, fidius_ctl *ctl) 
 		run(ctl);
 		PyObject *item = PyIter_Next(it);
 		if (item != NULL) {
-			encode_result(item, &r);
+			encode_result(s, item, &r);
 			Py_DECREF(item);
 		} else if (PyErr_Occurred()) {
 			describe_error(&r, 1);

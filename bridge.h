@@ -14,7 +14,9 @@ extern PyObject *fidius_cancel_type;
 
 // JSON codec (GIL held), used by dispatch and the loader.
 PyObject *fidius_json_decode(const char *in, size_t n, char *err, size_t errlen);
-int fidius_json_encode(PyObject *o);   // appends to the thread buffer; -1 with a Python error set
+// fidius_json_encode appends o's JSON to the thread buffer; -1 with a
+// Python error set. strict refuses values that would become their str().
+int fidius_json_encode(PyObject *o, int strict);
 
 // fidius_err_take removes the pending exception (NULL if none) and returns
 // it with its traceback; fidius_err_restore sets it again (NULL: nothing).

@@ -21,7 +21,11 @@ var argBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &
 
 // Call calls typed method i with args as the positional arguments and
 // decodes the JSON result into Out. Arguments are encoded as
-// encoding/json would encode them; arguments that do not encode match
+// encoding/json would encode them, except that a Go float (float64,
+// float32, and types of those kinds, anywhere in an argument) always
+// arrives as a Python float: float64(2) is sent as 2.0, not 2, as
+// fidius's Rust host sends it (a struct that embeds an unexported struct
+// type is the exception: it is encoded by encoding/json alone). Arguments that do not encode match
 // ErrInputDecode, and a result that does not decode into Out matches
 // ErrOutputEncode.
 func Call[Out any](ctx context.Context, h *PluginHandle, i int, args ...any) (Out, error) {
@@ -65,10 +69,15 @@ func appendArgs(buf []byte, args []any) ([]byte, error) {
 			buf = strconv.AppendInt(buf, v, 10)
 		case bool:
 			buf = strconv.AppendBool(buf, v)
+		case float64:
+			var err error
+			if buf, err = appendPyFloat(buf, v, 64); err != nil {
+				return buf, err
+			}
 		case nil:
 			buf = append(buf, "null"...)
 		default:
-			b, err := json.Marshal(v)
+			b, err := marshalArg(v)
 			if err != nil {
 				return buf, err
 			}

@@ -42,7 +42,24 @@
 //	                                                   (two keys giving one JSON key are ErrOutputEncode)
 //	                              bytes, bytearray     array of byte values
 //	                              dataclass instance   object of its fields
-//	                              anything else        str(obj)
+//	                              x with x.tolist()    what tolist() gives, if a list, int,
+//	                                giving list, int,  float, bool or str (numpy scalars
+//	                                float, bool, str   and arrays, array.array, memoryview)
+//	                              x with __index__     int (operator.index(x))
+//	                              x with __float__     float (Decimal, Fraction, numpy.float32)
+//	                              set, frozenset       array, in iteration order
+//	                              collections.abc.Mapping  object, as a dict of its items
+//	                              iterator, awaitable  ErrOutputEncode (a generator streams:
+//	                                                   declare the method Streaming)
+//	                              anything else        str(obj), or ErrOutputEncode
+//	                                                   with WithStrictValues
+//
+// The rows are tried in this order, by what a value does rather than its
+// type: the library imports no numpy to convert numpy values.
+//
+// From Go, Call encodes arguments as encoding/json does, except that float
+// kinds keep a fraction, so float64(2) arrives as the float 2.0 rather than
+// the int 2.
 //
 // A JSON array input is the positional arguments; null or empty input calls
 // with no arguments; any other value is the single argument. Input must be

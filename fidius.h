@@ -56,6 +56,7 @@ typedef struct {
 	char *dir;          // malloc'd, bytes as the file system spells them
 	PyObject *own;      // str: dir + "/", made when first needed
 	PyObject *vendor;   // str: dir + "/vendor/"
+	int strict;         // typed results that would become their str() are errors
 } fidius_slot;
 
 // States of fidius_ctl.state, the handshake between a cancellable call's
@@ -94,9 +95,9 @@ void fidius_gil_acquire(void);   // takes the GIL with this OS thread's kept thr
 void fidius_gil_release(void);
 
 // Helpers from the bootstrap module, set once at start-up (GIL held): the
-// exception describer, the dataclass field lister, and the exception type
-// raised into interrupted calls.
-void fidius_set_helpers(PyObject *describe, PyObject *fields, PyObject *cancel);
+// exception describer, the dataclass field lister, the exception type
+// raised into interrupted calls, and collections.abc.Mapping.
+void fidius_set_helpers(PyObject *describe, PyObject *fields, PyObject *cancel, PyObject *mapping);
 PyObject *fidius_exec_bootstrap(const char *src, const char *filename);
 
 // Dispatch: one crossing each; they take and release the GIL themselves.

@@ -119,7 +119,8 @@ func (h *PluginHandle) CallJSON(ctx context.Context, i int, input []byte) ([]byt
 }
 
 // CallRaw calls raw-wire method i: input is passed as one Python bytes
-// argument, and the method must return bytes, bytearray or memoryview.
+// argument, and the method must return bytes or another object with the
+// buffer protocol (bytearray, memoryview, a numpy array), copied in C order.
 // Cancellation works as for CallJSON.
 func (h *PluginHandle) CallRaw(ctx context.Context, i int, input []byte) ([]byte, error) {
 	return h.call(ctx, i, rawCall, nil, input)

@@ -17,6 +17,7 @@
 #define FIDIUS_MAX_DEPTH 1000
 
 extern PyObject *fidius_fields_fn;
+extern PyObject *fidius_mapping_abc;
 
 typedef struct {
 	const char *start, *p, *end;
@@ -523,11 +524,13 @@ static int enc_str(fidius_buf *b, PyObject *s) {
 // plugin may raise it), and a cycle can be named as such.
 typedef struct {
 	fidius_buf *b;
+	int strict; // no str() fallback
 	int depth;
 	PyObject *path[FIDIUS_MAX_DEPTH];
 } enc_state;
 
 static int enc(enc_state *e, PyObject *o);
+static int enc_other(enc_state *e, PyObject *o);
 
 static int enc_int(fidius_buf *b, PyObject *o) {
 	int overflow;
@@ -762,17 +765,115 @@ static int enc(enc_state *e, PyObject *o) {
 		return enc_byte_array(b, (const unsigned char *)PyByteArray_AS_STRING(o), PyByteArray_GET_SIZE(o));
 	if (is_dataclass_instance(o))
 		return enc_nested(e, o, enc_dataclass);
+	return enc_other(e, o);
+}
+
+// as_json_value converts o, a value of none of the types above, into one
+// the encoder knows, following the value table: an object whose tolist()
+// gives a list, int, float, bool or str (numpy's scalars and arrays,
+// array.array, memoryview) becomes that; then an integer-like object
+// (__index__) its int, a float-like one (__float__) its float, a set or
+// frozenset a list, a collections.abc.Mapping a dict. tolist() comes
+// first because numpy's bool_ has an __index__ too, and is a bool. It returns a new reference,
+// NULL with an error set, or Py_NotImplemented (borrowed) for none of these.
+// No library is imported: these are duck-typed.
+static PyObject *as_json_value(PyObject *o) {
+	PyNumberMethods *nb = Py_TYPE(o)->tp_as_number;
+	PyObject *tolist = PyObject_GetAttrString(o, "tolist");
+	if (tolist == NULL) {
+		if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+			return NULL;
+		PyErr_Clear();
+	} else {
+		PyObject *v = PyCallable_Check(tolist) ? PyObject_CallNoArgs(tolist) : NULL;
+		Py_DECREF(tolist);
+		if (v == NULL) {
+			if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_TypeError))
+				return NULL;
+			PyErr_Clear();
+		} else if (v != o && (PyList_Check(v) || PyLong_Check(v) || PyFloat_Check(v) || PyUnicode_Check(v))) {
+			return v; // bool is an int
+		} else {
+			Py_DECREF(v);
+		}
+	}
+	if (nb != NULL && nb->nb_index != NULL) {
+		PyObject *v = PyNumber_Index(o);
+		if (v != NULL || !PyErr_ExceptionMatches(PyExc_TypeError))
+			return v;
+		PyErr_Clear();
+	}
+	if (nb != NULL && nb->nb_float != NULL) {
+		PyObject *v = PyNumber_Float(o);
+		if (v != NULL || !PyErr_ExceptionMatches(PyExc_TypeError))
+			return v;
+		PyErr_Clear();
+	}
+	if (PyAnySet_Check(o))
+		return PySequence_List(o);
+	if (fidius_mapping_abc != NULL) {
+		int is = PyObject_IsInstance(o, fidius_mapping_abc);
+		if (is < 0)
+			return NULL;
+		if (is) {
+			PyObject *d = PyDict_New();
+			if (d != NULL && PyDict_Update(d, o) < 0)
+				Py_CLEAR(d);
+			return d;
+		}
+	}
+	return Py_NotImplemented;
+}
+
+// enc_other encodes what the value table does not name by type. What
+// converts to nothing else becomes str(o), unless the encoder is strict;
+// an iterator or a coroutine is an error either way: its str() is never
+// the value a plugin meant to return.
+static int enc_other(enc_state *e, PyObject *o) {
+	if (PyGen_Check(o) || PyIter_Check(o)) {
+		PyErr_Format(PyExc_TypeError,
+		             "%.100s is an iterator: a method that yields results streams them; "
+		             "declare it Streaming and call it with CallStream",
+		             Py_TYPE(o)->tp_name);
+		return -1;
+	}
+	if (PyCoro_CheckExact(o) || PyAsyncGen_CheckExact(o) || PyObject_HasAttrString(o, "__await__")) {
+		PyErr_Format(PyExc_TypeError, "%.100s is awaitable: async methods are not supported", Py_TYPE(o)->tp_name);
+		return -1;
+	}
+	PyObject *v = as_json_value(o);
+	if (v == NULL)
+		return -1;
+	if (v != Py_NotImplemented) {
+		// v is a fresh value: its own containers are checked for depth.
+		if (e->depth >= FIDIUS_MAX_DEPTH) {
+			Py_DECREF(v);
+			return too_deep(e, o);
+		}
+		e->path[e->depth++] = o;
+		int rc = enc(e, v);
+		e->depth--;
+		Py_DECREF(v);
+		return rc;
+	}
+	if (e->strict) {
+		PyErr_Format(PyExc_TypeError,
+		             "%.100s has no JSON form (strict values are on, so it is not sent as its str())",
+		             Py_TYPE(o)->tp_name);
+		return -1;
+	}
 	PyObject *s = PyObject_Str(o);
 	if (s == NULL)
 		return -1;
-	int rc = enc_str(b, s);
+	int rc = enc_str(e->b, s);
 	Py_DECREF(s);
 	return rc;
 }
 
-int fidius_json_encode(PyObject *o) {
+int fidius_json_encode(PyObject *o, int strict) {
 	enc_state e;
 	e.b = fidius_tls_buf();
 	e.depth = 0;
+	e.strict = strict;
 	return enc(&e, o);
 }

@@ -12,7 +12,6 @@ import "C"
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -27,6 +26,7 @@ type Option func(*loadOptions)
 
 type loadOptions struct {
 	logger *zap.Logger
+	strict bool
 }
 
 // WithLogger sends the library's log lines to l: Info when a plugin loads
@@ -38,6 +38,17 @@ func WithLogger(l *zap.Logger) Option {
 			o.logger = l
 		}
 	}
+}
+
+// WithStrictValues makes a typed result (or streamed item) that has no
+// JSON form of its own an error matching ErrOutputEncode, naming its
+// type, instead of the JSON string of its str(). The value table in the
+// package documentation lists what converts; with this option, anything
+// that would fall through to str() is refused. A str() that arrives where
+// a list or a number was meant is how bugs hide; hosts that would rather
+// see them fail use this option.
+func WithStrictValues() Option {
+	return func(o *loadOptions) { o.strict = true }
 }
 
 // importTurn serialises the imports the library starts: loads, reloads
@@ -186,7 +197,7 @@ func LoadPythonPluginConfigured(packageDir string, desc *InterfaceDescriptor, co
 // ctx, which interrupts the import and __fidius_configure__ as
 // LoadPythonPluginContext describes.
 func LoadPythonPluginConfiguredContext(ctx context.Context, packageDir string, desc *InterfaceDescriptor, config any, opts ...Option) (*PluginHandle, error) {
-	b, err := json.Marshal(config)
+	b, err := marshalArg(config)
 	if err != nil {
 		return nil, fmt.Errorf("%w: config: %v", ErrInputDecode, err)
 	}
@@ -219,6 +230,9 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, con
 	p := &plugin{dir: dir, entry: m.Python.EntryModule, desc: desc.clone(), config: config, logger: o.logger}
 
 	slot := newSlot(dir)
+	if o.strict {
+		slot.strict = 1
+	}
 	var (
 		tab      *C.fidius_table
 		inserted []string

@@ -3,6 +3,7 @@
 # references to what it needs, so a plugin that edits sys.modules or
 # sys.path cannot break error reporting for the others.
 
+import collections.abc
 import dataclasses
 import faulthandler
 import importlib
@@ -89,6 +90,9 @@ def field_names(obj):
 
 def _forget_fields(ref):
     _field_cache.pop(ref, None)
+
+
+Mapping = collections.abc.Mapping  # what the encoder turns into an object
 
 
 class CallCancelled(BaseException):
