@@ -52,6 +52,10 @@ var (
 	ErrOutputEncode = errors.New("cannot encode call output")
 	// ErrClosed reports a call on a handle after Close.
 	ErrClosed = errors.New("plugin handle is closed")
+	// ErrCgoRequired is what every function that runs Python returns in a
+	// program built without cgo (CGO_ENABLED=0): manifests, digests,
+	// signatures, archives and discovery work there, plugins do not.
+	ErrCgoRequired = errors.New("running Python plugins needs cgo and CPython: this program was built with CGO_ENABLED=0")
 	// ErrVirtualEnv means UseVirtualEnv was given a directory that is not a
 	// virtual environment of the Python this program runs.
 	ErrVirtualEnv = errors.New("not a virtual environment of the embedded Python")

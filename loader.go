@@ -21,36 +21,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// Option configures LoadPythonPlugin.
-type Option func(*loadOptions)
-
-type loadOptions struct {
-	logger *zap.Logger
-	strict bool
-}
-
-// WithLogger sends the library's log lines to l: Info when a plugin loads
-// or reloads, Debug for each sys.path insertion. Without it the library
-// logs nothing.
-func WithLogger(l *zap.Logger) Option {
-	return func(o *loadOptions) {
-		if l != nil {
-			o.logger = l
-		}
-	}
-}
-
-// WithStrictValues makes a typed result (or streamed item) that has no
-// JSON form of its own an error matching ErrOutputEncode, naming its
-// type, instead of the JSON string of its str(). The value table in the
-// package documentation lists what converts; with this option, anything
-// that would fall through to str() is refused. A str() that arrives where
-// a list or a number was meant is how bugs hide; hosts that would rather
-// see them fail use this option.
-func WithStrictValues() Option {
-	return func(o *loadOptions) { o.strict = true }
-}
-
 // importTurn serialises the imports the library starts: loads, reloads
 // and inspections. They share one sys.modules, and an import gives up the
 // GIL (a plugin's top level may sleep or read files), so without it a
@@ -129,15 +99,6 @@ func newSlot(dir string) *C.fidius_slot {
 		panic("fidius: out of memory allocating a handle")
 	}
 	return slot
-}
-
-// plugin is what a handle needs to import its plugin again.
-type plugin struct {
-	dir    string // absolute and clean
-	entry  string
-	desc   *InterfaceDescriptor
-	config []byte // JSON; nil for a plugin that is not configured
-	logger *zap.Logger
 }
 
 // LoadPythonPlugin loads the Python plugin package in packageDir and checks
@@ -475,17 +436,6 @@ func checkHash(mod *pyObject, entry string, desc *InterfaceDescriptor) error {
 	return nil
 }
 
-// PackageReport is what a Python plugin package declares about itself.
-type PackageReport struct {
-	// Manifest is the package's package.toml.
-	Manifest *Manifest
-	// InterfaceHash is the entry module's __interface_hash__.
-	InterfaceHash uint64
-	// Methods are the names registered with fidius.method by the entry
-	// module or its submodules, sorted.
-	Methods []string
-}
-
 // InspectPythonPackage imports a Python package's entry module, as
 // LoadPythonPlugin does, and reports what it declares, without checking it
 // against a descriptor. Tools use it to build a descriptor for a package
@@ -542,6 +492,7 @@ func (p *plugin) inspect(r *PackageReport) error {
 	if r.InterfaceHash, err = readHash(mod, p.entry); err != nil {
 		return err
 	}
+	r.Configurable = mod.hasAttr("__fidius_configure__")
 	entry := pyString(p.entry)
 	defer entry.decRef()
 	names := registeredNames.call(entry)

@@ -40,6 +40,18 @@ func (o *pyObject) getAttr(name string) *pyObject {
 	return fromC(C.PyObject_GetAttrString(toC(o), cs))
 }
 
+// hasAttr reports whether o.name exists; any error looking it up counts
+// as no.
+func (o *pyObject) hasAttr(name string) bool {
+	v := o.getAttr(name)
+	if v == nil {
+		clearError()
+		return false
+	}
+	v.decRef()
+	return true
+}
+
 // call calls o with positional arguments.
 func (o *pyObject) call(args ...*pyObject) *pyObject {
 	if len(args) == 0 {

@@ -19,10 +19,6 @@ import (
 	"unsafe"
 )
 
-// DefaultThreadLimit is how many OS threads may be inside Python for the
-// library at once unless SetThreadLimit says otherwise.
-const DefaultThreadLimit = 16
-
 // SetThreadLimit sets how many OS threads may be inside Python for the
 // library at once, and returns the previous limit. Only one of them holds
 // the GIL at a time; the others wait for it or run C code that released it
