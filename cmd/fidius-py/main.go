@@ -94,7 +94,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	// The flag package would print usage on any mistake; only help asks for it.
 	fs.Usage = func() {}
-	if err := fs.Parse(args[1:]); err != nil {
+	positional, err := parseInterleaved(fs, args[1:])
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(stdout, "usage: fidius-py %s %s\n\n%s.\n", args[0], cmd.args, cmd.summary)
 			fs.SetOutput(stdout)
@@ -104,7 +105,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fidius-py %s: %v\n", args[0], err)
 		return 2
 	}
-	if err := cmd.run(fs, fs.Args(), stdout); err != nil {
+	if err := cmd.run(fs, positional, stdout); err != nil {
 		// One line: a Python traceback belongs to the package's author, who
 		// can get it from inspect's import error or from the host's API.
 		msg, _, _ := strings.Cut(err.Error(), "\n")
@@ -124,6 +125,44 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-8s %s\n", name, commands[name].summary)
 	}
 	fmt.Fprintln(w, "\nRun fidius-py COMMAND --help for a command's arguments, fidius-py --version for versions.")
+}
+
+// parseInterleaved parses the flags found anywhere among args, as in
+// "fidius-py call PATH greet --raw", and returns the other arguments in
+// order. The flag package alone stops at the first argument that is not a
+// flag. "--" ends the flags: everything after it is positional. An argument
+// such as "-1" (a JSON number) is positional, since no flag name starts with
+// a digit.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var flags, positional []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			positional = append(positional, args[i+1:]...)
+			break
+		}
+		if len(a) < 2 || a[0] != '-' || (a[1] >= '0' && a[1] <= '9') {
+			positional = append(positional, a)
+			continue
+		}
+		flags = append(flags, a)
+		// A flag that takes a value and is not written name=value takes the
+		// next argument, whatever it looks like, as the flag package would.
+		name, _, inline := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if f := fs.Lookup(name); f != nil && !inline && !isBoolFlag(f) && i+1 < len(args) {
+			i++
+			flags = append(flags, args[i])
+		}
+	}
+	if err := fs.Parse(flags); err != nil {
+		return nil, err
+	}
+	return append(positional, fs.Args()...), nil
+}
+
+func isBoolFlag(f *flag.Flag) bool {
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
 }
 
 // flagValue returns the value of a flag the command defined.

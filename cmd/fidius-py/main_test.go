@@ -279,3 +279,30 @@ func writeArchive(t *testing.T, dir string) string {
 	os.WriteFile(path, buf.Bytes(), 0o644)
 	return path
 }
+
+// Flags may come before, between or after the positional arguments; "--"
+// ends them, and a negative JSON number is an argument, not a flag.
+func TestFlagsAnywhere(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"call", example, "reverse", "--raw", "abc"}, "cba"},
+		{[]string{"call", example, "--raw", "reverse", "abc"}, "cba"},
+		{[]string{"call", example, "reverse", "abc", "--raw"}, "cba"},
+		{[]string{"call", example, "reverse", "--raw", "--", "--raw"}, "war--"},
+		{[]string{"call", "--raw", "--", example, "reverse", "-v"}, "v-"},
+		{[]string{"call", example, "greet", "-1"}, "\"Hello, -1!\"\n"},
+		{[]string{"call", example, "greet", "--", `["--stream"]`}, "\"Hello, --stream!\"\n"},
+	} {
+		out, errs, code := cli(t, "", c.args...)
+		if code != 0 || out != c.want {
+			t.Errorf("%q: exit %d, %q %q; want %q", c.args, code, out, errs, c.want)
+		}
+	}
+	out, errs, code := cli(t, "", "call", example, "greet", `["x"]`, "--bogus")
+	oneLineError(t, out, errs, code, "-bogus")
+	if code != 2 {
+		t.Errorf("an unknown flag after the arguments: exit %d, want 2", code)
+	}
+}
