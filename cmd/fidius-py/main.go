@@ -63,7 +63,9 @@ func init() {
 	commands["verify"] = command{"--key NAME.public PATH", "check a package's package.sig", verify, func(fs *flag.FlagSet) {
 		fs.String("key", "", "public key file, 32 bytes (required)")
 	}}
-	commands["keygen"] = command{"NAME", "write a new key pair to NAME.secret and NAME.public", keygen, nil}
+	commands["keygen"] = command{"[--force] NAME", "write a new key pair to NAME.secret and NAME.public", keygen, func(fs *flag.FlagSet) {
+		fs.Bool("force", false, "replace NAME.secret and NAME.public if they exist (the old secret key is lost)")
+	}}
 }
 
 func main() {
@@ -433,23 +435,58 @@ func verify(fs *flag.FlagSet, args []string, out io.Writer) error {
 	return nil
 }
 
-func keygen(_ *flag.FlagSet, args []string, out io.Writer) error {
+func keygen(fs *flag.FlagSet, args []string, out io.Writer) error {
 	if err := wantArgs(args, 1, 1, "NAME"); err != nil {
 		return err
+	}
+	force := flagValue[bool](fs, "force")
+	secret, public := args[0]+".secret", args[0]+".public"
+	// Both are checked before either is written, so that a refusal leaves
+	// no half-made pair.
+	if !force {
+		for _, p := range []string{secret, public} {
+			if _, err := os.Lstat(p); err == nil {
+				return fmt.Errorf("%s exists; pass --force to replace it (its key pair is lost)", p)
+			}
+		}
 	}
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return err
 	}
-	secret, public := args[0]+".secret", args[0]+".public"
-	if err := os.WriteFile(secret, priv.Seed(), 0o600); err != nil {
+	if err := writeNew(secret, priv.Seed(), 0o600, force); err != nil {
 		return err
 	}
-	if err := os.WriteFile(public, pub, 0o644); err != nil {
+	if err := writeNew(public, pub, 0o644, force); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "secret key: %s\npublic key: %s\n", secret, public)
 	return nil
+}
+
+// writeNew writes a file that did not exist, with mode perm. With replace,
+// an existing file (or symbolic link) is removed first: os.WriteFile would
+// keep an old file's mode, and a secret key must not stay world-readable
+// because an earlier file at its name was.
+func writeNew(path string, data []byte, perm os.FileMode, replace bool) error {
+	if replace {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	// O_EXCL: a file that appeared since the check is not overwritten.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("%s exists; pass --force to replace it", path)
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // versionLine names this program's module version and the CPython it is

@@ -306,3 +306,39 @@ func TestFlagsAnywhere(t *testing.T) {
 		t.Errorf("an unknown flag after the arguments: exit %d, want 2", code)
 	}
 }
+
+// keygen never replaces a key pair unless told to, and a replaced secret
+// key is 0600 even where the old file was world-readable.
+func TestKeygenRefusesToOverwrite(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "bob")
+	if _, errs, code := cli(t, "", "keygen", name); code != 0 {
+		t.Fatalf("keygen: exit %d %q", code, errs)
+	}
+	secret := mustRead(t, name+".secret")
+	out, errs, code := cli(t, "", "keygen", name)
+	oneLineError(t, out, errs, code, name+".secret exists", "--force")
+	if mustRead(t, name+".secret") != secret {
+		t.Fatal("a refused keygen changed the secret key")
+	}
+	// Only the public key left: still refused, and nothing written.
+	os.Remove(name + ".secret")
+	out, errs, code = cli(t, "", "keygen", name)
+	oneLineError(t, out, errs, code, name+".public exists")
+	if _, err := os.Stat(name + ".secret"); err == nil {
+		t.Fatal("a refused keygen wrote a secret key")
+	}
+
+	os.WriteFile(name+".secret", []byte("old"), 0o644)
+	os.Chmod(name+".secret", 0o644)
+	if out, errs, code := cli(t, "", "keygen", "--force", name); code != 0 || !strings.Contains(out, name+".public") {
+		t.Fatalf("keygen --force: exit %d %q %q", code, out, errs)
+	}
+	st, err := os.Stat(name + ".secret")
+	if err != nil || st.Mode().Perm() != 0o600 || st.Size() != 32 {
+		t.Fatalf("after --force: %v, %v", st, err)
+	}
+	pub := mustRead(t, name+".public")
+	if !ed25519.PublicKey(pub).Equal(ed25519.NewKeyFromSeed([]byte(mustRead(t, name+".secret"))).Public()) {
+		t.Fatal("--force wrote keys that are not a pair")
+	}
+}
