@@ -16,6 +16,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -57,11 +58,11 @@ func init() {
 		fs.String("interface", "", "TOML file describing the interface (required)")
 	}}
 	commands["digest"] = command{"PATH", "print the package digest that signatures cover", digest, nil}
-	commands["sign"] = command{"--key NAME.secret PATH", "sign a package directory, writing package.sig", sign, func(fs *flag.FlagSet) {
-		fs.String("key", "", "secret key file, 32 bytes (required)")
+	commands["sign"] = command{"--key NAME.secret DIR", "sign a package directory (not an archive: sign before packing), writing DIR/package.sig", sign, func(fs *flag.FlagSet) {
+		fs.String("key", "", "secret key file, 32 bytes (required); a NAME.public is refused, and a NAME.secret must match the NAME.public next to it, if any")
 	}}
-	commands["verify"] = command{"--key NAME.public PATH", "check a package's package.sig", verify, func(fs *flag.FlagSet) {
-		fs.String("key", "", "public key file, 32 bytes (required)")
+	commands["verify"] = command{"--key NAME.public PATH", "check the package.sig of a package directory or archive", verify, func(fs *flag.FlagSet) {
+		fs.String("key", "", "public key file, 32 bytes (required); a NAME.secret is refused")
 	}}
 	commands["keygen"] = command{"[--force] NAME", "write a new key pair to NAME.secret and NAME.public", keygen, func(fs *flag.FlagSet) {
 		fs.Bool("force", false, "replace NAME.secret and NAME.public if they exist (the old secret key is lost)")
@@ -385,11 +386,50 @@ func digest(_ *flag.FlagSet, args []string, out io.Writer) error {
 	return nil
 }
 
-func readKey(fs *flag.FlagSet) ([]byte, error) {
+// readKey reads the --key file of sign (want "secret") or verify (want
+// "public"). Both kinds are raw 32-byte files, so the content cannot tell
+// them apart: the file name does. A NAME.public given to sign, or a
+// NAME.secret given to verify, is refused, naming the file to pass
+// instead. sign also checks a NAME.secret against the NAME.public next to
+// it, if there is one, because a signature those who trust NAME.public
+// cannot verify is worse than no signature. A file with another name is
+// taken to be the kind the command needs.
+func readKey(fs *flag.FlagSet, want string) ([]byte, error) {
 	path := flagValue[string](fs, "key")
 	if path == "" {
-		return nil, usageError{"--key is required"}
+		return nil, usageError{fmt.Sprintf("--key NAME.%s is required", want)}
 	}
+	other := map[string]string{"secret": "public", "public": "secret"}[want]
+	if base, ok := strings.CutSuffix(path, "."+other); ok {
+		return nil, usageError{fmt.Sprintf("%s is a %s key; pass %s.%s, the %s key", path, other, base, want, want)}
+	}
+	key, err := readKeyFile(path)
+	if err != nil {
+		return nil, err
+	}
+	base, ok := strings.CutSuffix(path, ".secret")
+	if want != "secret" || !ok {
+		return key, nil
+	}
+	sibling := base + ".public"
+	pub, err := readKeyFile(sibling)
+	if errors.Is(err, os.ErrNotExist) {
+		return key, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("checking %s against %s: %w", path, sibling, err)
+	}
+	switch {
+	case bytes.Equal(pub, key):
+		return nil, fmt.Errorf("%s holds the same bytes as %s: it is a public key, not a secret key", path, sibling)
+	case !ed25519.PublicKey(pub).Equal(ed25519.NewKeyFromSeed(key).Public()):
+		return nil, fmt.Errorf("%s and %s are not a key pair: %s would not verify what this key signs", path, sibling, sibling)
+	}
+	return key, nil
+}
+
+// readKeyFile reads a raw 32-byte key.
+func readKeyFile(path string) ([]byte, error) {
 	key, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -404,12 +444,18 @@ func sign(fs *flag.FlagSet, args []string, out io.Writer) error {
 	if err := wantArgs(args, 1, 1, "PATH"); err != nil {
 		return err
 	}
-	seed, err := readKey(fs)
+	seed, err := readKey(fs, "secret")
 	if err != nil {
 		return err
 	}
-	if st, err := os.Stat(args[0]); err != nil || !st.IsDir() {
-		return fmt.Errorf("%s: sign takes a package directory", args[0])
+	st, err := os.Stat(args[0])
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		// package.sig lives inside the package, so signing an archive
+		// means re-packing it, which fidius-py does not do.
+		return fmt.Errorf("%s is not a directory: sign signs a package directory, writing its package.sig; to ship a signed archive, sign the directory and then pack it (fidius-py cannot sign or re-pack an archive)", args[0])
 	}
 	if err := fidius.SignPackage(args[0], ed25519.NewKeyFromSeed(seed)); err != nil {
 		return err
@@ -419,7 +465,7 @@ func sign(fs *flag.FlagSet, args []string, out io.Writer) error {
 }
 
 func verify(fs *flag.FlagSet, args []string, out io.Writer) error {
-	pub, err := readKey(fs)
+	pub, err := readKey(fs, "public")
 	if err != nil {
 		return err
 	}

@@ -342,3 +342,67 @@ func TestKeygenRefusesToOverwrite(t *testing.T) {
 		t.Fatal("--force wrote keys that are not a pair")
 	}
 }
+
+// Secret and public keys are both 32 raw bytes; the file name tells them
+// apart, and sign checks a secret key against the public key next to it.
+func TestKeyKinds(t *testing.T) {
+	dir := t.TempDir()
+	alice, bob := filepath.Join(dir, "alice"), filepath.Join(dir, "bob")
+	for _, name := range []string{alice, bob} {
+		if _, errs, code := cli(t, "", "keygen", name); code != 0 {
+			t.Fatalf("keygen: %q", errs)
+		}
+	}
+	pkg := copyExample(t)
+
+	out, errs, code := cli(t, "", "sign", "--key", alice+".public", pkg)
+	oneLineError(t, out, errs, code, alice+".public is a public key", "pass "+alice+".secret")
+	if code != 2 {
+		t.Errorf("sign with a public key: exit %d, want 2", code)
+	}
+	out, errs, code = cli(t, "", "verify", "--key", alice+".secret", pkg)
+	oneLineError(t, out, errs, code, alice+".secret is a secret key", "pass "+alice+".public")
+	if code != 2 {
+		t.Errorf("verify with a secret key: exit %d, want 2", code)
+	}
+	if _, err := os.Stat(filepath.Join(pkg, "package.sig")); err == nil {
+		t.Fatal("a refused sign wrote package.sig")
+	}
+
+	// A secret key next to another pair's public key.
+	mallory := filepath.Join(dir, "mallory")
+	os.WriteFile(mallory+".secret", []byte(mustRead(t, alice+".secret")), 0o600)
+	os.WriteFile(mallory+".public", []byte(mustRead(t, bob+".public")), 0o644)
+	out, errs, code = cli(t, "", "sign", "--key", mallory+".secret", pkg)
+	oneLineError(t, out, errs, code, mallory+".secret and "+mallory+".public are not a key pair")
+	// A public key copied to NAME.secret.
+	os.WriteFile(mallory+".secret", []byte(mustRead(t, bob+".public")), 0o600)
+	out, errs, code = cli(t, "", "sign", "--key", mallory+".secret", pkg)
+	oneLineError(t, out, errs, code, "same bytes as "+mallory+".public", "not a secret key")
+
+	// Files named otherwise are taken as the kind the command needs.
+	plainSecret, plainPublic := filepath.Join(dir, "signing-key"), filepath.Join(dir, "trusted-key")
+	os.WriteFile(plainSecret, []byte(mustRead(t, alice+".secret")), 0o600)
+	os.WriteFile(plainPublic, []byte(mustRead(t, alice+".public")), 0o644)
+	if out, errs, code := cli(t, "", "sign", "--key", plainSecret, pkg); code != 0 {
+		t.Fatalf("sign with %s: exit %d %q %q", plainSecret, code, out, errs)
+	}
+	if out, errs, code := cli(t, "", "verify", "--key", plainPublic, pkg); code != 0 || out != "signature valid: "+pkg+"\n" {
+		t.Fatalf("verify with %s: exit %d %q %q", plainPublic, code, out, errs)
+	}
+	out, errs, code = cli(t, "", "verify", "--key", bob+".public", pkg)
+	oneLineError(t, out, errs, code, "signature is invalid", pkg)
+}
+
+// sign takes a directory; an archive is refused with what to do instead.
+func TestSignRefusesArchive(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "alice")
+	cli(t, "", "keygen", name)
+	archive := writeArchive(t, copyExample(t))
+	before := mustRead(t, archive)
+	out, errs, code := cli(t, "", "sign", "--key", name+".secret", archive)
+	oneLineError(t, out, errs, code, archive+" is not a directory", "sign the directory and then pack it")
+	if mustRead(t, archive) != before {
+		t.Fatal("the archive changed")
+	}
+}
