@@ -111,7 +111,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err := cmd.run(fs, positional, stdout); err != nil {
 		// One line: a Python traceback belongs to the package's author, who
 		// can get it from inspect's import error or from the host's API.
-		msg, _, _ := strings.Cut(err.Error(), "\n")
+		msg, _, _ := strings.Cut(nameArchives(err.Error()), "\n")
 		fmt.Fprintf(stderr, "fidius-py %s: %s\n", args[0], msg)
 		var ue usageError
 		if errors.As(err, &ue) {
@@ -199,7 +199,25 @@ func packageDir(path string) (dir string, cleanup func(), err error) {
 		os.RemoveAll(tmp)
 		return "", nil, err
 	}
+	unpacked = append(unpacked, [2]string{dir, path}, [2]string{tmp, path})
+	if real, err := filepath.EvalSymlinks(dir); err == nil && real != dir {
+		unpacked = append(unpacked, [2]string{real, path}) // as Python may spell it
+	}
 	return dir, func() { os.RemoveAll(tmp) }, nil
+}
+
+// unpacked pairs each temporary directory an archive was unpacked into with
+// the archive, so that a message names the file the user gave rather than
+// a directory that is gone by the time they read it. Package directories
+// come before the temporary directories holding them.
+var unpacked [][2]string
+
+// nameArchives rewrites the temporary directories in text as their archives.
+func nameArchives(text string) string {
+	for _, p := range unpacked {
+		text = strings.ReplaceAll(text, p[0], p[1])
+	}
+	return text
 }
 
 // onePackage takes the single PATH argument of a command.

@@ -406,3 +406,32 @@ func TestSignRefusesArchive(t *testing.T) {
 		t.Fatal("the archive changed")
 	}
 }
+
+// Errors about an archive name the archive, not the temporary directory it
+// was unpacked into.
+func TestArchiveErrorsNameTheArchive(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "alice")
+	cli(t, "", "keygen", name)
+	pkg := copyExample(t)
+	unsigned := writeArchive(t, pkg)
+	out, errs, code := cli(t, "", "verify", "--key", name+".public", unsigned)
+	oneLineError(t, out, errs, code, "not signed: no package.sig in "+unsigned)
+	if strings.Contains(errs, "fidius-py-") {
+		t.Errorf("names a temporary directory: %q", errs)
+	}
+
+	cli(t, "", "sign", "--key", name+".secret", pkg)
+	os.WriteFile(filepath.Join(pkg, "example_greeter.py"), []byte("tampered\n"), 0o644)
+	tampered := writeArchive(t, pkg)
+	out, errs, code = cli(t, "", "verify", "--key", name+".public", tampered)
+	oneLineError(t, out, errs, code, "signature is invalid: "+tampered+":")
+
+	// A Python error's file names too.
+	os.WriteFile(filepath.Join(pkg, "example_greeter.py"), []byte("raise ValueError(__file__)\n"), 0o644)
+	broken := writeArchive(t, pkg)
+	// (inspect prints the manifest before it imports the module.)
+	_, errs, code = cli(t, "", "inspect", broken)
+	if want := "ValueError: " + broken + "/example_greeter.py\n"; code != 1 || !strings.HasSuffix(errs, want) {
+		t.Errorf("inspect: exit %d, %q; want a line ending %q", code, errs, want)
+	}
+}
