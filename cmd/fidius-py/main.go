@@ -21,13 +21,16 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime/debug"
+	"slices"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -49,10 +52,14 @@ type command struct {
 var commands = map[string]command{}
 
 func init() {
-	commands["inspect"] = command{"PATH", "show a package's manifest header, entry module, __interface_hash__ and registered methods", inspect, nil}
-	commands["call"] = command{"[--raw|--stream] PATH METHOD [JSON]", "load a package and call one of its registered methods", call, func(fs *flag.FlagSet) {
-		fs.Bool("raw", false, "raw-wire call: input is JSON if given, else standard input, taken as bytes; the result is written as bytes")
-		fs.Bool("stream", false, "streaming call: print each item on its own line")
+	commands["inspect"] = command{"[-v] PATH", "show a package's manifest header, entry module, __interface_hash__ and registered methods", inspect, func(fs *flag.FlagSet) {
+		fs.Bool("v", false, "on an import error, show the traceback")
+	}}
+	commands["call"] = command{"[--raw|--stream] [--config JSON] [-v] PATH METHOD [INPUT]", "load a package and call one of its methods", call, func(fs *flag.FlagSet) {
+		fs.Bool("raw", false, "raw-wire call: INPUT (or standard input when there is none) is passed to the method as bytes, as they are, not parsed as JSON; the result is written as bytes")
+		fs.Bool("stream", false, "streaming call, for a method that returns an iterator or generator: print each item on its own line")
+		fs.String("config", "", "load the package configured: pass this JSON to the entry module's __fidius_configure__ and call the method of the object it returns")
+		fs.Bool("v", false, "on an error, show the plugin's error details and the Python traceback")
 	}}
 	commands["stub"] = command{"--interface FILE.toml", "print a Python module with __interface_hash__ and one @method stub per method", stub, func(fs *flag.FlagSet) {
 		fs.String("interface", "", "TOML file describing the interface (required)")
@@ -109,9 +116,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if err := cmd.run(fs, positional, stdout); err != nil {
-		// One line: a Python traceback belongs to the package's author, who
-		// can get it from inspect's import error or from the host's API.
+		// One line unless -v asks for more: a traceback would bury the
+		// message, which is usually enough.
 		msg, _, _ := strings.Cut(nameArchives(err.Error()), "\n")
+		more := errorDetails(err)
+		switch {
+		case more == "":
+		case fs.Lookup("v") != nil && flagValue[bool](fs, "v"):
+			msg += "\n" + more
+		case fs.Lookup("v") != nil:
+			msg += " (-v shows more)"
+		}
 		fmt.Fprintf(stderr, "fidius-py %s: %s\n", args[0], msg)
 		var ue usageError
 		if errors.As(err, &ue) {
@@ -120,6 +135,37 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// errorDetails returns what err says beyond its first line: the rest of
+// a multi-line message (an import error's traceback), and a plugin error's
+// details and traceback, which are JSON in the error and shown as text.
+func errorDetails(err error) string {
+	var parts []string
+	if _, rest, ok := strings.Cut(err.Error(), "\n"); ok && strings.TrimSpace(rest) != "" {
+		parts = append(parts, strings.TrimRight(rest, "\n"))
+	}
+	var perr *fidius.PluginError
+	if errors.As(err, &perr) && len(perr.Details) > 0 && string(perr.Details) != "null" {
+		details, traceback := perr.Details, ""
+		var fields map[string]json.RawMessage
+		if json.Unmarshal(perr.Details, &fields) == nil {
+			if tb, ok := fields["traceback"]; ok && json.Unmarshal(tb, &traceback) == nil {
+				delete(fields, "traceback")
+				details = nil
+				if len(fields) > 0 {
+					details, _ = json.Marshal(fields)
+				}
+			}
+		}
+		if details != nil {
+			parts = append(parts, "details: "+string(details))
+		}
+		if traceback != "" {
+			parts = append(parts, "traceback:\n"+strings.TrimRight(traceback, "\n"))
+		}
+	}
+	return nameArchives(strings.Join(parts, "\n"))
 }
 
 func usage(w io.Writer) {
@@ -253,16 +299,27 @@ func inspect(_ *flag.FlagSet, args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "hash:        0x%016x\n", r.InterfaceHash)
 	fmt.Fprintf(out, "methods:     %s\n", strings.Join(r.Methods, ", "))
+	// TODO(configurable): print "configure:   yes, __fidius_configure__
+	// (try it with call --config JSON)" once fidius.PackageReport reports
+	// whether the entry module has __fidius_configure__ (a Configurable
+	// field asked for on main); the public API cannot tell without calling it.
 	return nil
 }
 
 func call(fs *flag.FlagSet, args []string, out io.Writer) error {
-	if err := wantArgs(args, 2, 3, "PATH METHOD [JSON]"); err != nil {
+	if err := wantArgs(args, 2, 3, "PATH METHOD [INPUT]"); err != nil {
 		return err
 	}
 	raw, stream := flagValue[bool](fs, "raw"), flagValue[bool](fs, "stream")
 	if raw && stream {
 		return usageError{"--raw and --stream do not go together"}
+	}
+	config, configured := []byte(flagValue[string](fs, "config")), isSet(fs, "config")
+	if configured {
+		var v json.RawMessage
+		if err := json.Unmarshal(config, &v); err != nil {
+			return usageError{fmt.Sprintf("--config is not valid JSON: %v", err)}
+		}
 	}
 	dir, cleanup, err := packageDir(args[0])
 	if err != nil {
@@ -274,15 +331,28 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 		return err
 	}
 	method := args[1]
-	desc := &fidius.InterfaceDescriptor{InterfaceName: r.Manifest.Package.Interface, InterfaceHash: r.InterfaceHash}
-	for _, name := range r.Methods {
-		desc.Methods = append(desc.Methods, fidius.MethodDesc{Name: name, WireRaw: raw && name == method, Streaming: stream && name == method})
+	registered := slices.Contains(r.Methods, method)
+	// A configured plugin's methods are those of the object
+	// __fidius_configure__ returns, which need not be registered with
+	// @method: the load finds out whether it has one.
+	if !registered && !configured {
+		return fmt.Errorf("method %q is not registered in %s (%s)", method, args[0], registeredList(r.Methods))
 	}
-	i, ok := desc.MethodIndex(method)
-	if !ok {
-		return fmt.Errorf("method %q is not registered in %s (registered: %s)", method, args[0], strings.Join(r.Methods, ", "))
+	// The descriptor holds the one method called: the load checks only it.
+	desc := &fidius.InterfaceDescriptor{
+		InterfaceName: r.Manifest.Package.Interface,
+		InterfaceHash: r.InterfaceHash,
+		Methods:       []fidius.MethodDesc{{Name: method, WireRaw: raw, Streaming: stream}},
 	}
-	h, err := fidius.LoadPythonPlugin(dir, desc)
+	var h *fidius.PluginHandle
+	if configured {
+		h, err = fidius.LoadPythonPluginConfigured(dir, desc, json.RawMessage(config))
+	} else {
+		h, err = fidius.LoadPythonPlugin(dir, desc)
+	}
+	if errors.Is(err, fidius.ErrMethodNotRegistered) {
+		return fmt.Errorf("%w (%s)", err, registeredList(r.Methods))
+	}
 	if err != nil {
 		return err
 	}
@@ -298,14 +368,14 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 	ctx := context.Background()
 	switch {
 	case raw:
-		res, err := h.CallRaw(ctx, i, input)
+		res, err := h.CallRaw(ctx, 0, input)
 		if err != nil {
 			return err
 		}
 		_, err = out.Write(res)
 		return err
 	case stream:
-		for item, err := range h.CallStream(ctx, i, input) {
+		for item, err := range h.CallStream(ctx, 0, input) {
 			if err != nil {
 				return err
 			}
@@ -313,13 +383,47 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 		}
 		return nil
 	default:
-		res, err := h.CallJSON(ctx, i, input)
+		res, err := h.CallJSON(ctx, 0, input)
+		if errors.Is(err, fidius.ErrOutputEncode) && iteratorType.MatchString(err.Error()) {
+			return fmt.Errorf("%w: %s returns an iterator; call it with --stream", err, method)
+		}
 		if err != nil {
 			return err
+		}
+		// A library that writes an object with no JSON form as its str()
+		// turns an iterator into a string such as "<generator object f at
+		// 0x7f...>": a plugin author who forgot --stream would see that
+		// and exit status 0.
+		if m := iteratorRepr.FindSubmatch(res); m != nil {
+			return fmt.Errorf("%s returned a %s, which has no JSON form; call it with --stream", method, m[1])
 		}
 		fmt.Fprintf(out, "%s\n", res)
 		return nil
 	}
+}
+
+var (
+	// iteratorType finds an iterator type named in an ErrOutputEncode
+	// message: generator, async_generator, list_iterator and the like.
+	iteratorType = regexp.MustCompile(`\b(?:async_)?generator\b|iterator\b`)
+	// iteratorRepr matches the JSON string of an iterator's default str().
+	iteratorRepr = regexp.MustCompile(`^"<((?:async_)?generator|[A-Za-z_]*iterator) object\b[^"]* at 0x[0-9a-fA-F]+>"$`)
+)
+
+// registeredList says which methods are registered with @method.
+func registeredList(methods []string) string {
+	if len(methods) == 0 {
+		return "no method is registered with @method"
+	}
+	return "registered with @method: " + strings.Join(methods, ", ")
+}
+
+// isSet reports whether the command line set the flag, so that an empty
+// value given explicitly is told from an absent flag.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // interfaceFile is the TOML form stub reads.

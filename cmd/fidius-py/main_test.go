@@ -149,7 +149,7 @@ func TestCall(t *testing.T) {
 	out, errs, code = cli(t, "", "call", example, "fail")
 	oneLineError(t, out, errs, code, "BAD_INPUT", "deliberate failure")
 	out, errs, code = cli(t, "", "call", example, "wave")
-	oneLineError(t, out, errs, code, `"wave"`, "fail, greet, reverse")
+	oneLineError(t, out, errs, code, `"wave"`, "registered with @method: fail, greet, reverse")
 	out, errs, code = cli(t, "", "call", example, "greet", `["unterminated`)
 	oneLineError(t, out, errs, code, "cannot decode call input")
 	out, errs, code = cli(t, "stressed", "call", "--raw", example, "reverse")
@@ -433,5 +433,136 @@ func TestArchiveErrorsNameTheArchive(t *testing.T) {
 	_, errs, code = cli(t, "", "inspect", broken)
 	if want := "ValueError: " + broken + "/example_greeter.py\n"; code != 1 || !strings.HasSuffix(errs, want) {
 		t.Errorf("inspect: exit %d, %q; want a line ending %q", code, errs, want)
+	}
+}
+
+// writePlugin writes a package directory whose entry module is source.
+func writePlugin(t *testing.T, module, source string) string {
+	t.Helper()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "package.toml"), []byte(`[package]
+name = "py-`+module+`"
+version = "0.1.0"
+interface = "Test"
+interface_version = 1
+runtime = "python"
+
+[metadata]
+
+[python]
+entry_module = "`+module+`"
+`), 0o644)
+	os.WriteFile(filepath.Join(dir, module+".py"), []byte(source), 0o644)
+	return dir
+}
+
+// -v shows a plugin error's details and the Python traceback; without it
+// the error is one line that says there is more.
+func TestCallVerbose(t *testing.T) {
+	out, errs, code := cli(t, "", "call", example, "fail")
+	if code != 1 || out != "" || errs != "fidius-py call: plugin error BAD_INPUT: deliberate failure (-v shows more)\n" {
+		t.Fatalf("exit %d, %q %q", code, out, errs)
+	}
+	out, errs, code = cli(t, "", "call", "-v", example, "fail")
+	if code != 1 || out != "" || errs != "fidius-py call: plugin error BAD_INPUT: deliberate failure\ndetails: {\"got\":42}\n" {
+		t.Fatalf("-v: exit %d, %q %q", code, out, errs)
+	}
+
+	pkg := writePlugin(t, "fidius_py_verbose", "from fidius import method\n__interface_hash__ = 1\n\n@method\ndef boom():\n    return 1 / 0\n")
+	_, errs, code = cli(t, "", "call", pkg, "boom", "-v")
+	want := "fidius-py call: plugin error ZeroDivisionError: division by zero\ntraceback:\n  File \"" +
+		filepath.Join(pkg, "fidius_py_verbose.py") + "\", line 6, in boom\n    return 1 / 0\n"
+	if code != 1 || !strings.HasPrefix(errs, want) {
+		t.Fatalf("exit %d, %q; want it to start %q", code, errs, want)
+	}
+	// An error with nothing more to show says nothing about -v.
+	_, errs, _ = cli(t, "", "call", example, "wave")
+	if strings.Contains(errs, "-v") {
+		t.Errorf("%q mentions -v", errs)
+	}
+
+	// inspect shows an import error's traceback.
+	broken := writePlugin(t, "fidius_py_broken", "x = 1\nraise RuntimeError('no')\n")
+	_, errs, code = cli(t, "", "inspect", broken)
+	if code != 1 || !strings.HasSuffix(errs, "RuntimeError: no (-v shows more)\n") {
+		t.Fatalf("inspect: exit %d %q", code, errs)
+	}
+	_, errs, code = cli(t, "", "inspect", "-v", broken)
+	if code != 1 || !strings.Contains(errs, "RuntimeError: no\n") || !strings.Contains(errs, "fidius_py_broken.py\", line 2, in <module>") {
+		t.Fatalf("inspect -v: exit %d %q", code, errs)
+	}
+}
+
+// A method that returns an iterator, called without --stream, fails and
+// says to use --stream instead of printing the iterator's str().
+func TestCallIteratorWithoutStream(t *testing.T) {
+	ticker := "../../testdata/ticker"
+	out, errs, code := cli(t, "", "call", ticker, "ticks", "[3]")
+	oneLineError(t, out, errs, code, "ticks", "generator", "call it with --stream")
+	pkg := writePlugin(t, "fidius_py_iter", "from fidius import method\n__interface_hash__ = 1\n\n@method\ndef items():\n    return iter([1, 2])\n")
+	out, errs, code = cli(t, "", "call", pkg, "items")
+	oneLineError(t, out, errs, code, "items", "list_iterator", "call it with --stream")
+	if out, errs, code := cli(t, "", "call", "--stream", pkg, "items"); code != 0 || out != "1\n2\n" {
+		t.Fatalf("--stream: exit %d, %q %q", code, out, errs)
+	}
+	// A string that only looks like one is a result like any other.
+	pkg = writePlugin(t, "fidius_py_lookalike", "from fidius import method\n__interface_hash__ = 1\n\n@method\ndef s():\n    return '<generator object f at 0x1>x'\n")
+	if out, errs, code := cli(t, "", "call", pkg, "s"); code != 0 || out != "\"<generator object f at 0x1>x\"\n" {
+		t.Fatalf("lookalike: exit %d, %q %q", code, out, errs)
+	}
+}
+
+// --config loads the package configured: __fidius_configure__ gets the JSON
+// and the method is the returned object's.
+func TestCallConfig(t *testing.T) {
+	ticker := "../../testdata/ticker"
+	out, errs, code := cli(t, "", "call", "--stream", "--config", `{"step": 5}`, ticker, "ticks", "[3]")
+	if code != 0 || out != "0\n5\n10\n" {
+		t.Fatalf("exit %d, %q %q", code, out, errs)
+	}
+	out, errs, code = cli(t, "", "call", "--config", `{"step": `, ticker, "ticks", "[3]")
+	oneLineError(t, out, errs, code, "--config is not valid JSON")
+	if code != 2 {
+		t.Errorf("invalid --config: exit %d, want 2", code)
+	}
+	out, errs, code = cli(t, "", "call", "--config", "", ticker, "ticks", "[3]")
+	oneLineError(t, out, errs, code, "--config is not valid JSON")
+	// The configure function raises: its error and, with -v, traceback.
+	_, errs, code = cli(t, "", "call", "--stream", "--config", `{}`, "-v", ticker, "ticks", "[3]")
+	if code != 1 || !strings.Contains(errs, "__fidius_configure__ raised KeyError: 'step'\n") || !strings.Contains(errs, "in __init__") {
+		t.Fatalf("configure raises: exit %d %q", code, errs)
+	}
+	out, errs, code = cli(t, "", "call", "--config", `{}`, example, "greet", `["x"]`)
+	oneLineError(t, out, errs, code, "has no __fidius_configure__")
+
+	// A configured object's method need not be registered with @method.
+	pkg := writePlugin(t, "fidius_py_configured", `__interface_hash__ = 1
+
+class Greeter:
+    def __init__(self, config):
+        self.greeting = config["greeting"]
+
+    def greet(self, name):
+        return f"{self.greeting}, {name}!"
+
+def __fidius_configure__(config):
+    return Greeter(config)
+`)
+	out, errs, code = cli(t, "", "call", "--config", `{"greeting": "Hej"}`, pkg, "greet", `["du"]`)
+	if code != 0 || out != "\"Hej, du!\"\n" {
+		t.Fatalf("configured: exit %d, %q %q", code, out, errs)
+	}
+	out, errs, code = cli(t, "", "call", "--config", `{"greeting": "Hej"}`, pkg, "wave")
+	oneLineError(t, out, errs, code, `"wave"`, "not defined")
+	out, errs, code = cli(t, "", "call", pkg, "greet", `["du"]`)
+	oneLineError(t, out, errs, code, `"greet" is not registered`, "no method is registered with @method")
+}
+
+func TestCallHelp(t *testing.T) {
+	out, _, code := cli(t, "", "call", "--help")
+	for _, want := range []string{"-raw", "passed to the method as bytes, as they are, not parsed as JSON", "-config", "__fidius_configure__", "-v", "traceback"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("call --help lacks %q:\n%s", want, out)
+		}
 	}
 }
