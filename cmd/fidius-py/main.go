@@ -657,12 +657,38 @@ func writeNew(path string, data []byte, perm os.FileMode, replace bool) error {
 	return f.Close()
 }
 
-// versionLine names this program's module version and the CPython it is
-// linked with.
+// libraryModule is the module whose library fidius-py links and reports.
+const libraryModule = "github.com/fidius-go/fidius"
+
+// versionLine names the version of the fidius library this program is
+// built from and the CPython it is linked with and runs. A build from a
+// checkout has no module version, "(devel)"; the commit is added when the
+// build recorded one.
 func versionLine() string {
 	v := "(unknown)"
 	if info, ok := debug.ReadBuildInfo(); ok {
-		v = info.Main.Version
+		mod := &info.Main
+		// fidius-py is normally its own module's main package; a copy built
+		// inside another module finds the library among the dependencies.
+		for _, d := range info.Deps {
+			if mod.Path != libraryModule && d.Path == libraryModule {
+				mod = d
+				if d.Replace != nil {
+					mod = d.Replace
+				}
+			}
+		}
+		v = mod.Version
+		settings := map[string]string{}
+		for _, s := range info.Settings {
+			settings[s.Key] = s.Value
+		}
+		if rev := settings["vcs.revision"]; v == "(devel)" && rev != "" {
+			v += " " + rev[:min(12, len(rev))]
+			if settings["vcs.modified"] == "true" {
+				v += "+dirty"
+			}
+		}
 	}
-	return fmt.Sprintf("fidius-py %s (github.com/fidius-go/fidius), Python %s", v, fidius.PythonVersion())
+	return fmt.Sprintf("fidius-py: library %s %s, Python %s", libraryModule, v, fidius.PythonVersion())
 }

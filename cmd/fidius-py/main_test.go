@@ -90,11 +90,32 @@ func TestHelp(t *testing.T) {
 	}
 }
 
+// --version names the library's module version as the build recorded it
+// (go version -m) and the Python the binary runs.
 func TestVersion(t *testing.T) {
-	out, _, code := cli(t, "", "--version")
-	want := "Python " + fidius.PythonVersion() + "\n"
-	if code != 0 || !strings.HasPrefix(out, "fidius-py ") || !strings.HasSuffix(out, want) {
-		t.Fatalf("exit %d: %q, want a line ending %q", code, out, want)
+	out, errs, code := cli(t, "", "--version")
+	info, err := exec.Command("go", "version", "-m", bin).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	version, revision, dirty := "", "", ""
+	for _, line := range strings.Split(string(info), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 3 && f[0] == "mod" && f[1] == "github.com/fidius-go/fidius":
+			version = f[2]
+		case len(f) == 2 && f[0] == "build" && strings.HasPrefix(f[1], "vcs.revision="):
+			revision = strings.TrimPrefix(f[1], "vcs.revision=")[:12]
+		case len(f) == 2 && f[0] == "build" && f[1] == "vcs.modified=true":
+			dirty = "+dirty"
+		}
+	}
+	if version == "(devel)" && revision != "" {
+		version += " " + revision + dirty
+	}
+	want := "fidius-py: library github.com/fidius-go/fidius " + version + ", Python " + fidius.PythonVersion() + "\n"
+	if code != 0 || version == "" || out != want {
+		t.Fatalf("exit %d: %q %q, want %q", code, out, errs, want)
 	}
 }
 
