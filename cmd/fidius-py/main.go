@@ -25,12 +25,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"go/format"
 	"io"
 	"os"
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -61,8 +63,12 @@ func init() {
 		fs.String("config", "", "load the package configured: pass this JSON to the entry module's __fidius_configure__ and call the method of the object it returns")
 		fs.Bool("v", false, "on an error, show the plugin's error details and the Python traceback")
 	}}
-	commands["stub"] = command{"--interface FILE.toml", "print a Python module with __interface_hash__ and one @method stub per method", stub, func(fs *flag.FlagSet) {
+	commands["stub"] = command{"[--go] --interface FILE.toml", "print a Python module with __interface_hash__ and one @method stub per method, or with --go the host's Go descriptor", stub, func(fs *flag.FlagSet) {
 		fs.String("interface", "", "TOML file describing the interface (required)")
+		fs.Bool("go", false, "print the matching fidius.InterfaceDescriptor literal for a Go host instead of the Python module")
+	}}
+	commands["hash"] = command{"--interface FILE.toml | SIGNATURE...", "print the interface hash, then each method signature it is computed from, sorted as hashed", hash, func(fs *flag.FlagSet) {
+		fs.String("interface", "", "TOML file describing the interface, as for stub; or give the signatures (name:Arg1,Arg2->Ret) as arguments")
 	}}
 	commands["digest"] = command{"PATH", "print the package digest that signatures cover", digest, nil}
 	commands["sign"] = command{"--key NAME.secret DIR", "sign a package directory (not an archive: sign before packing), writing DIR/package.sig", sign, func(fs *flag.FlagSet) {
@@ -170,7 +176,7 @@ func errorDetails(err error) string {
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: fidius-py COMMAND [ARGS]\n\nCommands:")
-	for _, name := range []string{"inspect", "call", "stub", "digest", "sign", "verify", "keygen"} {
+	for _, name := range []string{"inspect", "call", "stub", "hash", "digest", "sign", "verify", "keygen"} {
 		fmt.Fprintf(w, "  %-8s %s\n", name, commands[name].summary)
 	}
 	fmt.Fprintln(w, "\nRun fidius-py COMMAND --help for a command's arguments, fidius-py --version for versions.")
@@ -426,51 +432,102 @@ func isSet(fs *flag.FlagSet, name string) bool {
 	return set
 }
 
-// interfaceFile is the TOML form stub reads.
+// interfaceFile is the TOML form stub and hash read.
 type interfaceFile struct {
-	Interface string `toml:"interface"`
-	Methods   []struct {
-		Name            string   `toml:"name"`
-		Args            []string `toml:"args"`
-		Returns         string   `toml:"returns"`
-		Raw             bool     `toml:"raw"`
-		Streaming       bool     `toml:"streaming"`
-		ClientStreaming bool     `toml:"client_streaming"`
-	} `toml:"methods"`
+	Interface string            `toml:"interface"`
+	Methods   []interfaceMethod `toml:"methods"`
+}
+
+type interfaceMethod struct {
+	Name            string   `toml:"name"`
+	Args            []string `toml:"args"`
+	Returns         string   `toml:"returns"`
+	Raw             bool     `toml:"raw"`
+	Streaming       bool     `toml:"streaming"`
+	ClientStreaming bool     `toml:"client_streaming"`
+}
+
+// readInterface reads the --interface file and returns it with each
+// method's signature, in the file's order.
+func readInterface(fs *flag.FlagSet) (*interfaceFile, []string, error) {
+	path := flagValue[string](fs, "interface")
+	if path == "" {
+		return nil, nil, usageError{"--interface FILE.toml is required"}
+	}
+	var f interfaceFile
+	md, err := toml.DecodeFile(path, &f)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %v", path, err)
+	}
+	if keys := md.Undecoded(); len(keys) > 0 {
+		return nil, nil, fmt.Errorf("%s: unknown key %s", path, keys[0])
+	}
+	if f.Interface == "" || len(f.Methods) == 0 {
+		return nil, nil, fmt.Errorf("%s: needs interface = \"Name\" and at least one [[methods]] entry", path)
+	}
+	var sigs []string
+	seen := map[string]bool{}
+	for _, m := range f.Methods {
+		if !isIdentifier(m.Name) || seen[m.Name] {
+			return nil, nil, fmt.Errorf("%s: method name %q is not a Python identifier, or is repeated", path, m.Name)
+		}
+		seen[m.Name] = true
+		sigs = append(sigs, fidius.SignatureString(m.Name, m.Args, m.Returns, m.Raw, m.Streaming, m.ClientStreaming))
+	}
+	return &f, sigs, nil
+}
+
+// signatureShape is what every signature looks like: a method name, a
+// colon, the argument types, "->" and the return type (and suffixes). A
+// typed-in signature of another shape is a mistake that would otherwise
+// give a hash nothing matches.
+var signatureShape = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*:.*->`)
+
+func hash(fs *flag.FlagSet, args []string, out io.Writer) error {
+	var sigs []string
+	switch {
+	case isSet(fs, "interface") && len(args) > 0:
+		return usageError{"give --interface FILE.toml or signatures, not both"}
+	case isSet(fs, "interface"):
+		var err error
+		if _, sigs, err = readInterface(fs); err != nil {
+			return err
+		}
+	case len(args) == 0:
+		return usageError{"expected --interface FILE.toml or at least one SIGNATURE"}
+	default:
+		for _, a := range args {
+			if !signatureShape.MatchString(a) {
+				return usageError{fmt.Sprintf("%q is not a method signature: write name:Arg1,Arg2->Ret, with !raw, !stream as fidius adds them", a)}
+			}
+		}
+		sigs = args
+	}
+	fmt.Fprintf(out, "0x%016X\n", fidius.InterfaceHash(sigs...))
+	sorted := slices.Clone(sigs)
+	slices.Sort(sorted)
+	for _, s := range sorted {
+		fmt.Fprintln(out, s)
+	}
+	return nil
 }
 
 func stub(fs *flag.FlagSet, args []string, out io.Writer) error {
 	if err := wantArgs(args, 0, 0, "no arguments besides --interface"); err != nil {
 		return err
 	}
-	path := flagValue[string](fs, "interface")
-	if path == "" {
-		return usageError{"--interface FILE.toml is required"}
-	}
-	var f interfaceFile
-	md, err := toml.DecodeFile(path, &f)
+	f, sigs, err := readInterface(fs)
 	if err != nil {
-		return fmt.Errorf("%s: %v", path, err)
+		return err
 	}
-	if keys := md.Undecoded(); len(keys) > 0 {
-		return fmt.Errorf("%s: unknown key %s", path, keys[0])
-	}
-	if f.Interface == "" || len(f.Methods) == 0 {
-		return fmt.Errorf("%s: needs interface = \"Name\" and at least one [[methods]] entry", path)
-	}
-	var sigs []string
-	seen := map[string]bool{}
-	for _, m := range f.Methods {
-		if !isIdentifier(m.Name) || seen[m.Name] {
-			return fmt.Errorf("%s: method name %q is not a Python identifier, or is repeated", path, m.Name)
-		}
-		seen[m.Name] = true
-		sigs = append(sigs, fidius.SignatureString(m.Name, m.Args, m.Returns, m.Raw, m.Streaming, m.ClientStreaming))
+	if flagValue[bool](fs, "go") {
+		return goDescriptor(out, f, sigs)
 	}
 	fmt.Fprintf(out, "\"\"\"Plugin module for the %s interface, stubbed by fidius-py.\n\nMethod signatures, as fidius hashes them:\n\n", f.Interface)
 	for _, s := range sigs {
 		fmt.Fprintf(out, "    %s\n", s)
 	}
+	fmt.Fprintf(out, "\nThe host's matching descriptor: fidius-py stub --go --interface %s\n", flagValue[string](fs, "interface"))
 	fmt.Fprintf(out, "\"\"\"\n\nfrom fidius import method\n\n__interface_hash__ = 0x%016X\n", fidius.InterfaceHash(sigs...))
 	for _, m := range f.Methods {
 		params := make([]string, len(m.Args))
@@ -483,6 +540,45 @@ func stub(fs *flag.FlagSet, args []string, out io.Writer) error {
 		fmt.Fprintf(out, "\n\n@method\ndef %s(%s):\n    raise NotImplementedError(%q)\n", m.Name, strings.Join(params, ", "), m.Name)
 	}
 	return nil
+}
+
+// goDescriptor writes the fidius.InterfaceDescriptor a Go host loads the
+// interface's plugins with: the hash is computed from the same signatures
+// as the Python stub's, and method i is the file's method i.
+func goDescriptor(out io.Writer, f *interfaceFile, sigs []string) error {
+	name := "iface"
+	if isIdentifier(f.Interface) {
+		name = strings.ToLower(f.Interface[:1]) + f.Interface[1:] + "Interface"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "// %s describes the %s interface; stubbed by fidius-py.\n", name, f.Interface)
+	fmt.Fprintf(&b, "var %s = &fidius.InterfaceDescriptor{\n\tInterfaceName: %s,\n", name, strconv.Quote(f.Interface))
+	fmt.Fprintf(&b, "\tInterfaceHash: fidius.InterfaceHash( // 0x%016X\n", fidius.InterfaceHash(sigs...))
+	for _, s := range sigs {
+		fmt.Fprintf(&b, "\t\t%s,\n", strconv.Quote(s))
+	}
+	b.WriteString("\t),\n\tMethods: []fidius.MethodDesc{\n")
+	for i, m := range f.Methods {
+		fields := []string{"Name: " + strconv.Quote(m.Name)}
+		if m.Raw {
+			fields = append(fields, "WireRaw: true")
+		}
+		if m.Streaming {
+			fields = append(fields, "Streaming: true")
+		}
+		comment := fmt.Sprintf("index %d", i)
+		if m.ClientStreaming {
+			comment += "; input streaming (<stream) is not supported by this library"
+		}
+		fmt.Fprintf(&b, "\t\t{%s}, // %s\n", strings.Join(fields, ", "), comment)
+	}
+	b.WriteString("\t},\n}\n")
+	src, err := format.Source([]byte(b.String()))
+	if err != nil {
+		return fmt.Errorf("formatting the descriptor: %v", err) // a bug here, not in the file
+	}
+	_, err = out.Write(src)
+	return err
 }
 
 func isIdentifier(s string) bool {

@@ -3,11 +3,17 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"encoding/hex"
+	"go/ast"
+	"go/format"
+	"go/parser"
+	"go/token"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -212,7 +218,8 @@ returns = "String"
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
-	for _, want := range []string{"__interface_hash__ = 0xE59581C4AB5583DD", "def greet(arg0):", "def reverse(data):", "def fail():", "reverse:Vec < u8 >->Vec < u8 >!raw"} {
+	for _, want := range []string{"__interface_hash__ = 0xE59581C4AB5583DD", "def greet(arg0):", "def reverse(data):", "def fail():", "reverse:Vec < u8 >->Vec < u8 >!raw",
+		"fidius-py stub --go --interface " + iface + "\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("stub lacks %q:\n%s", want, out)
 		}
@@ -586,4 +593,146 @@ func TestCallHelp(t *testing.T) {
 			t.Errorf("call --help lacks %q:\n%s", want, out)
 		}
 	}
+}
+
+const greeterInterface = `interface = "Greeter"
+
+[[methods]]
+name = "greet"
+args = ["String"]
+returns = "String"
+
+[[methods]]
+name = "reverse"
+args = ["Vec < u8 >"]
+returns = "Vec < u8 >"
+raw = true
+
+[[methods]]
+name = "fail"
+returns = "String"
+`
+
+// hash prints the hash and the signatures it is computed from, from an
+// interface file or from signatures typed in; both give the example's hash.
+func TestHash(t *testing.T) {
+	iface := filepath.Join(t.TempDir(), "greeter.toml")
+	os.WriteFile(iface, []byte(greeterInterface), 0o644)
+	want := "0xE59581C4AB5583DD\nfail:->String\ngreet:String->String\nreverse:Vec < u8 >->Vec < u8 >!raw\n"
+	for _, args := range [][]string{
+		{"hash", "--interface", iface},
+		{"hash", "greet:String->String", "reverse:Vec < u8 >->Vec < u8 >!raw", "fail:->String"},
+		{"hash", "reverse:Vec < u8 >->Vec < u8 >!raw", "fail:->String", "greet:String->String"},
+	} {
+		if out, errs, code := cli(t, "", args...); code != 0 || out != want {
+			t.Errorf("%q: exit %d, %q %q; want %q", args, code, out, errs, want)
+		}
+	}
+	if out, _, code := cli(t, "", "hash", "ticks:u32->u32!stream"); code != 0 || out != "0xB29C538250DA204F\nticks:u32->u32!stream\n" {
+		t.Errorf("ticks: exit %d, %q", code, out)
+	}
+	for _, args := range [][]string{{"hash"}, {"hash", "--interface", iface, "greet:String->String"}, {"hash", "greet(String)->String"}} {
+		out, errs, code := cli(t, "", args...)
+		oneLineError(t, out, errs, code)
+		if code != 2 {
+			t.Errorf("%q: exit %d, want 2", args, code)
+		}
+	}
+	out, errs, code := cli(t, "", "hash", "greet")
+	oneLineError(t, out, errs, code, `"greet" is not a method signature`, "name:Arg1,Arg2->Ret")
+}
+
+// stub --go prints a descriptor literal that loads the plugin the Python
+// stub is for: the test reads the literal back and loads the example with
+// it.
+func TestStubGo(t *testing.T) {
+	iface := filepath.Join(t.TempDir(), "greeter.toml")
+	os.WriteFile(iface, []byte(greeterInterface), 0o644)
+	out, errs, code := cli(t, "", "stub", "--interface", iface, "--go")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{
+		"var greeterInterface = &fidius.InterfaceDescriptor{\n",
+		"\tInterfaceHash: fidius.InterfaceHash( // 0xE59581C4AB5583DD\n",
+		"\t\t\"reverse:Vec < u8 >->Vec < u8 >!raw\",\n",
+		"\t\t{Name: \"reverse\", WireRaw: true}, // index 1\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stub --go lacks %q:\n%s", want, out)
+		}
+	}
+	if formatted, err := format.Source([]byte(out)); err != nil || string(formatted) != out {
+		t.Errorf("not gofmt-formatted (%v):\n%s", err, out)
+	}
+	desc := descriptorFromSource(t, out)
+	if desc.InterfaceHash != 0xE59581C4AB5583DD || desc.InterfaceName != "Greeter" {
+		t.Fatalf("descriptor %+v", desc)
+	}
+	h, err := fidius.LoadPythonPlugin(example, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if got, err := fidius.Call[string](context.Background(), h, 0, "Go"); err != nil || got != "Hello, Go!" {
+		t.Fatalf("greet: %q %v", got, err)
+	}
+	if got, err := h.CallRaw(context.Background(), 1, []byte("ab")); err != nil || string(got) != "ba" {
+		t.Fatalf("reverse: %q %v", got, err)
+	}
+
+	os.WriteFile(iface, []byte("interface = \"Ticker\"\n[[methods]]\nname = \"ticks\"\nargs = [\"u32\"]\nreturns = \"u32\"\nstreaming = true\n"), 0o644)
+	out, _, _ = cli(t, "", "stub", "--go", "--interface", iface)
+	if d := descriptorFromSource(t, out); d.InterfaceHash != 0xB29C538250DA204F || !d.Methods[0].Streaming {
+		t.Fatalf("ticker: %+v\n%s", d, out)
+	}
+}
+
+// descriptorFromSource evaluates the literal stub --go prints: the
+// InterfaceHash call's string arguments and each method's fields.
+func descriptorFromSource(t *testing.T, src string) *fidius.InterfaceDescriptor {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), "stub.go", "package p\n"+src, 0)
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, src)
+	}
+	lit := f.Decls[0].(*ast.GenDecl).Specs[0].(*ast.ValueSpec).Values[0].(*ast.UnaryExpr).X.(*ast.CompositeLit)
+	str := func(e ast.Expr) string {
+		s, err := strconv.Unquote(e.(*ast.BasicLit).Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	d := &fidius.InterfaceDescriptor{}
+	for _, e := range lit.Elts {
+		kv := e.(*ast.KeyValueExpr)
+		switch kv.Key.(*ast.Ident).Name {
+		case "InterfaceName":
+			d.InterfaceName = str(kv.Value)
+		case "InterfaceHash":
+			var sigs []string
+			for _, a := range kv.Value.(*ast.CallExpr).Args {
+				sigs = append(sigs, str(a))
+			}
+			d.InterfaceHash = fidius.InterfaceHash(sigs...)
+		case "Methods":
+			for _, m := range kv.Value.(*ast.CompositeLit).Elts {
+				var md fidius.MethodDesc
+				for _, fe := range m.(*ast.CompositeLit).Elts {
+					fkv := fe.(*ast.KeyValueExpr)
+					switch fkv.Key.(*ast.Ident).Name {
+					case "Name":
+						md.Name = str(fkv.Value)
+					case "WireRaw":
+						md.WireRaw = fkv.Value.(*ast.Ident).Name == "true"
+					case "Streaming":
+						md.Streaming = fkv.Value.(*ast.Ident).Name == "true"
+					}
+				}
+				d.Methods = append(d.Methods, md)
+			}
+		}
+	}
+	return d
 }
