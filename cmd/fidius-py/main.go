@@ -1,18 +1,23 @@
 // Command fidius-py lets Python plugin authors inspect, try, stub, sign and
 // verify a fidius package without writing a host.
 //
-//	fidius-py inspect PATH                     manifest, entry module, hash, methods
-//	fidius-py call [--raw|--stream] PATH METHOD [JSON]
-//	fidius-py stub --interface FILE.toml       print a Python module for an interface
-//	fidius-py digest PATH                      the package digest, hex
-//	fidius-py sign --key NAME.secret PATH      write PATH/package.sig
-//	fidius-py verify --key NAME.public PATH    check PATH/package.sig
-//	fidius-py keygen NAME                      write NAME.secret and NAME.public
-//	fidius-py --version                        this program's and its Python's versions
+//	fidius-py inspect [-v] PATH                  manifest, entry module, hash, methods
+//	fidius-py call [--raw|--stream] [--config JSON] [-v] PATH METHOD [INPUT]
+//	fidius-py stub [--go] --interface FILE.toml  a Python module, or the Go descriptor, for an interface
+//	fidius-py hash --interface FILE.toml | SIGNATURE...
+//	                                             the interface hash and its signatures
+//	fidius-py digest PATH                        the package digest, hex
+//	fidius-py sign --key NAME.secret DIR         write DIR/package.sig
+//	fidius-py verify --key NAME.public PATH      check PATH's package.sig
+//	fidius-py keygen [--force] NAME              write NAME.secret and NAME.public
+//	fidius-py --version                          the library's and its Python's versions
 //
-// PATH is a package directory or a .fid archive. Keys are raw 32-byte
-// Ed25519 seeds and public keys, as fidius's own CLI writes them. Errors
-// are one line on standard error and a non-zero exit status.
+// PATH is a package directory or a .fid archive. Flags may come anywhere
+// among the arguments; "--" ends them. Keys are raw 32-byte Ed25519 seeds
+// and public keys, as fidius's own CLI writes them; their file names tell
+// the two kinds apart. Errors are one line on standard error (more with -v
+// where a command has it) and a non-zero exit status, 2 for a mistake in
+// the command line.
 package main
 
 import (

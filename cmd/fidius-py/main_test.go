@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/hex"
+	"fmt"
 	"go/ast"
 	"go/format"
 	"go/parser"
@@ -321,7 +322,7 @@ func TestFlagsAnywhere(t *testing.T) {
 		{[]string{"call", example, "reverse", "--raw", "--", "--raw"}, "war--"},
 		{[]string{"call", "--raw", "--", example, "reverse", "-v"}, "v-"},
 		{[]string{"call", example, "greet", "-1"}, "\"Hello, -1!\"\n"},
-		{[]string{"call", example, "greet", "--", `["--stream"]`}, "\"Hello, --stream!\"\n"},
+		{[]string{"call", example, "greet", "--", `["--raw"]`}, "\"Hello, --raw!\"\n"},
 	} {
 		out, errs, code := cli(t, "", c.args...)
 		if code != 0 || out != c.want {
@@ -458,9 +459,10 @@ func TestArchiveErrorsNameTheArchive(t *testing.T) {
 	os.WriteFile(filepath.Join(pkg, "example_greeter.py"), []byte("raise ValueError(__file__)\n"), 0o644)
 	broken := writeArchive(t, pkg)
 	// (inspect prints the manifest before it imports the module.)
-	_, errs, code = cli(t, "", "inspect", broken)
-	if want := "ValueError: " + broken + "/example_greeter.py\n"; code != 1 || !strings.HasSuffix(errs, want) {
-		t.Errorf("inspect: exit %d, %q; want a line ending %q", code, errs, want)
+	_, errs, code = cli(t, "", "inspect", "-v", broken)
+	if code != 1 || !strings.Contains(errs, "ValueError: "+broken+"/example_greeter.py\n") ||
+		!strings.Contains(errs, "File \""+broken+"/example_greeter.py\", line 1") || strings.Contains(errs, "fidius-py-") {
+		t.Errorf("inspect -v: exit %d, %q; want the error and traceback to name %s", code, errs, broken)
 	}
 }
 
@@ -631,6 +633,27 @@ func TestHash(t *testing.T) {
 	if out, _, code := cli(t, "", "hash", "ticks:u32->u32!stream"); code != 0 || out != "0xB29C538250DA204F\nticks:u32->u32!stream\n" {
 		t.Errorf("ticks: exit %d, %q", code, out)
 	}
+	// Arguments join with ",", an empty returns is an empty return type, and
+	// the suffixes come in the order !raw, !stream, <stream.
+	os.WriteFile(iface, []byte(`interface = "Spelling"
+[[methods]]
+name = "reset"
+args = ["u32", "String"]
+[[methods]]
+name = "pipe"
+args = ["Vec < u8 >"]
+raw = true
+streaming = true
+client_streaming = true
+`), 0o644)
+	sigs := []string{"pipe:Vec < u8 >->!raw!stream<stream", "reset:u32,String->"}
+	want = fmt.Sprintf("0x%016X\n%s\n%s\n", fidius.InterfaceHash(sigs...), sigs[0], sigs[1])
+	if out, errs, code := cli(t, "", "hash", "--interface", iface); code != 0 || out != want {
+		t.Errorf("spelling: exit %d, %q %q; want %q", code, out, errs, want)
+	}
+	if out, _, code := cli(t, "", append([]string{"hash"}, sigs...)...); code != 0 || out != want {
+		t.Errorf("spelling, typed in: exit %d, %q; want %q", code, out, want)
+	}
 	for _, args := range [][]string{{"hash"}, {"hash", "--interface", iface, "greet:String->String"}, {"hash", "greet(String)->String"}} {
 		out, errs, code := cli(t, "", args...)
 		oneLineError(t, out, errs, code)
@@ -735,4 +758,33 @@ func descriptorFromSource(t *testing.T, src string) *fidius.InterfaceDescriptor 
 		}
 	}
 	return d
+}
+
+// The README's interface file gives the hash output and the descriptor the
+// README shows.
+func TestREADMEExamples(t *testing.T) {
+	readme := mustRead(t, "../../README.md")
+	block := func(after, lang string) string {
+		t.Helper()
+		i := strings.Index(readme, after)
+		if i < 0 {
+			t.Fatalf("README has no %q", after)
+		}
+		rest := readme[i+len(after):]
+		open := strings.Index(rest, "```"+lang+"\n")
+		if open < 0 {
+			t.Fatalf("README has no ```%s block after %q", lang, after)
+		}
+		rest = rest[open+len("```"+lang+"\n"):]
+		return rest[:strings.Index(rest, "```")]
+	}
+	iface := filepath.Join(t.TempDir(), "greeter.toml")
+	os.WriteFile(iface, []byte(block("The interface file for `stub` and `hash`", "toml")), 0o644)
+	if out, errs, code := cli(t, "", "stub", "--go", "--interface", iface); code != 0 || out != block("`stub --go` prints, for that file:", "go") {
+		t.Errorf("stub --go: exit %d %q\n%s", code, errs, out)
+	}
+	want := block("fidius-py stub --go --interface greeter.toml # the host's fidius.InterfaceDescriptor\n```", "")
+	if out, errs, code := cli(t, "", "hash", "--interface", iface); code != 0 || out != want {
+		t.Errorf("hash: exit %d %q\n%s\nREADME:\n%s", code, errs, out, want)
+	}
 }
