@@ -115,3 +115,19 @@ func TestLoadPythonPluginNotExist(t *testing.T) {
 		t.Fatalf("InspectPythonPackage: %v", err)
 	}
 }
+
+// [metadata] is required, as in fidius, even when the host's schema is
+// empty; an empty table is enough (TestManifestOptionalFields).
+func TestManifestRequiresMetadata(t *testing.T) {
+	dir := writePackage(t, "", map[string]string{"package.toml": `
+[package]
+name = "x"
+version = "1"
+interface = "T"
+interface_version = 1
+`})
+	_, err := LoadManifest(dir)
+	if !errors.Is(err, ErrManifest) || !strings.Contains(err.Error(), filepath.Join(dir, "package.toml")+": missing [metadata] table") {
+		t.Fatalf("got %v", err)
+	}
+}
