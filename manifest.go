@@ -111,18 +111,39 @@ type rawPython struct {
 }
 
 // LoadManifest reads and checks dir/package.toml. Every failure matches
-// ErrManifest; syntax and type errors name the file, line and column.
+// ErrManifest; syntax and type errors name the file, line and column. A
+// directory or package.toml that does not exist also matches
+// fs.ErrNotExist.
 func LoadManifest(dir string) (*Manifest, error) {
 	path := filepath.Join(dir, "package.toml")
 	data, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%w: no package.toml in %s", ErrManifest, dir)
+			msg := fmt.Sprintf("%s: no package.toml in %s", ErrManifest, dir)
+			if _, derr := os.Stat(dir); errors.Is(derr, fs.ErrNotExist) {
+				msg = fmt.Sprintf("%s: package directory %s does not exist", ErrManifest, dir)
+			}
+			return nil, &notFoundError{msg: msg, cause: err}
 		}
 		return nil, fmt.Errorf("%w: %w", ErrManifest, err)
 	}
 	return parseManifest(path, data)
 }
+
+// notFoundError is a package directory or package.toml that does not
+// exist. It matches both ErrManifest and fs.ErrNotExist, so that a caller
+// can tell "nothing there" (a mistyped path) from a broken package without
+// reading the message.
+type notFoundError struct {
+	msg   string
+	cause error // the *fs.PathError from reading package.toml
+}
+
+// Error names the missing directory or file.
+func (e *notFoundError) Error() string { return e.msg }
+
+// Unwrap returns ErrManifest and the underlying *fs.PathError.
+func (e *notFoundError) Unwrap() []error { return []error{ErrManifest, e.cause} }
 
 // parseManifest parses and checks the contents of the manifest at path.
 func parseManifest(path string, data []byte) (*Manifest, error) {

@@ -4,6 +4,10 @@ package fidius
 
 import (
 	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -70,4 +74,62 @@ func TestManifestErrorBeforeFirstByte(t *testing.T) {
 	// Found by FuzzManifest: the parser reports offset -1.
 	_, err := parseManifest("package.toml", []byte("\x1c"))
 	wantErr(t, err, ErrManifest, "package.toml:1:1:")
+}
+
+// A path with nothing there is a manifest error and, so that a caller can
+// tell a mistyped path from a broken package, also fs.ErrNotExist; the
+// message says which of the two is missing.
+func TestManifestNotExist(t *testing.T) {
+	missingDir := filepath.Join(t.TempDir(), "no-such-package")
+	emptyDir := t.TempDir()
+	for _, c := range []struct{ dir, says string }{
+		{missingDir, "package directory " + missingDir + " does not exist"},
+		{emptyDir, "no package.toml in " + emptyDir},
+	} {
+		_, err := LoadManifest(c.dir)
+		if !errors.Is(err, ErrManifest) || !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("LoadManifest(%s) = %v; want ErrManifest and fs.ErrNotExist, saying %q", c.dir, err, c.says)
+		}
+		var perr *fs.PathError
+		if !errors.As(err, &perr) || perr.Path != filepath.Join(c.dir, "package.toml") {
+			t.Errorf("LoadManifest(%s): no *fs.PathError for package.toml in %v", c.dir, err)
+		}
+	}
+	// A package.toml that exists but cannot be read is not "not there".
+	dirToml := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dirToml, "package.toml"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err := LoadManifest(dirToml)
+	if !errors.Is(err, ErrManifest) || errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("package.toml is a directory: %v", err)
+	}
+}
+
+func TestLoadPythonPluginNotExist(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "gone")
+	_, err := LoadPythonPlugin(dir, &InterfaceDescriptor{InterfaceName: "X"})
+	if !errors.Is(err, ErrManifest) || !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("got %v; want ErrManifest and fs.ErrNotExist naming %s", err, dir)
+	}
+	_, err = InspectPythonPackage(dir)
+	if !errors.Is(err, ErrManifest) || !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("InspectPythonPackage: %v", err)
+	}
+}
+
+// [metadata] is required, as in fidius, even when the host's schema is
+// empty; an empty table is enough (TestManifestOptionalFields).
+func TestManifestRequiresMetadata(t *testing.T) {
+	dir := writePackage(t, "", map[string]string{"package.toml": `
+[package]
+name = "x"
+version = "1"
+interface = "T"
+interface_version = 1
+`})
+	_, err := LoadManifest(dir)
+	if !errors.Is(err, ErrManifest) || !strings.Contains(err.Error(), filepath.Join(dir, "package.toml")+": missing [metadata] table") {
+		t.Fatalf("got %v", err)
+	}
 }

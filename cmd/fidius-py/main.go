@@ -1,32 +1,43 @@
 // Command fidius-py lets Python plugin authors inspect, try, stub, sign and
 // verify a fidius package without writing a host.
 //
-//	fidius-py inspect PATH                     manifest, entry module, hash, methods
-//	fidius-py call [--raw|--stream] PATH METHOD [JSON]
-//	fidius-py stub --interface FILE.toml       print a Python module for an interface
-//	fidius-py digest PATH                      the package digest, hex
-//	fidius-py sign --key NAME.secret PATH      write PATH/package.sig
-//	fidius-py verify --key NAME.public PATH    check PATH/package.sig
-//	fidius-py keygen NAME                      write NAME.secret and NAME.public
-//	fidius-py --version                        this program's and its Python's versions
+//	fidius-py inspect [-v] PATH                  manifest, entry module, hash, methods
+//	fidius-py call [--raw|--stream] [--config JSON] [-v] PATH METHOD [INPUT]
+//	fidius-py stub [--go] --interface FILE.toml  a Python module, or the Go descriptor, for an interface
+//	fidius-py hash --interface FILE.toml | SIGNATURE...
+//	                                             the interface hash and its signatures
+//	fidius-py digest PATH                        the package digest, hex
+//	fidius-py sign --key NAME.secret DIR         write DIR/package.sig
+//	fidius-py verify --key NAME.public PATH      check PATH's package.sig
+//	fidius-py keygen [--force] NAME              write NAME.secret and NAME.public
+//	fidius-py --version                          the library's and its Python's versions
 //
-// PATH is a package directory or a .fid archive. Keys are raw 32-byte
-// Ed25519 seeds and public keys, as fidius's own CLI writes them. Errors
-// are one line on standard error and a non-zero exit status.
+// PATH is a package directory or a .fid archive. Flags may come anywhere
+// among the arguments; "--" ends them. Keys are raw 32-byte Ed25519 seeds
+// and public keys, as fidius's own CLI writes them; their file names tell
+// the two kinds apart. Errors are one line on standard error (more with -v
+// where a command has it) and a non-zero exit status, 2 for a mistake in
+// the command line.
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"go/format"
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime/debug"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -48,22 +59,32 @@ type command struct {
 var commands = map[string]command{}
 
 func init() {
-	commands["inspect"] = command{"PATH", "show a package's manifest header, entry module, __interface_hash__ and registered methods", inspect, nil}
-	commands["call"] = command{"[--raw|--stream] PATH METHOD [JSON]", "load a package and call one of its registered methods", call, func(fs *flag.FlagSet) {
-		fs.Bool("raw", false, "raw-wire call: input is JSON if given, else standard input, taken as bytes; the result is written as bytes")
-		fs.Bool("stream", false, "streaming call: print each item on its own line")
+	commands["inspect"] = command{"[-v] PATH", "show a package's manifest header, entry module, __interface_hash__ and registered methods", inspect, func(fs *flag.FlagSet) {
+		fs.Bool("v", false, "on an import error, show the traceback")
 	}}
-	commands["stub"] = command{"--interface FILE.toml", "print a Python module with __interface_hash__ and one @method stub per method", stub, func(fs *flag.FlagSet) {
+	commands["call"] = command{"[--raw|--stream] [--config JSON] [-v] PATH METHOD [INPUT]", "load a package and call one of its methods", call, func(fs *flag.FlagSet) {
+		fs.Bool("raw", false, "raw-wire call: INPUT (or standard input when there is none) is passed to the method as bytes, as they are, not parsed as JSON; the result is written as bytes")
+		fs.Bool("stream", false, "streaming call, for a method that returns an iterator or generator: print each item on its own line")
+		fs.String("config", "", "load the package configured: pass this JSON to the entry module's __fidius_configure__ and call the method of the object it returns")
+		fs.Bool("v", false, "on an error, show the plugin's error details and the Python traceback")
+	}}
+	commands["stub"] = command{"[--go] --interface FILE.toml", "print a Python module with __interface_hash__ and one @method stub per method, or with --go the host's Go descriptor", stub, func(fs *flag.FlagSet) {
 		fs.String("interface", "", "TOML file describing the interface (required)")
+		fs.Bool("go", false, "print the matching fidius.InterfaceDescriptor literal for a Go host instead of the Python module")
+	}}
+	commands["hash"] = command{"--interface FILE.toml | SIGNATURE...", "print the interface hash, then each method signature it is computed from, sorted as hashed", hash, func(fs *flag.FlagSet) {
+		fs.String("interface", "", "TOML file describing the interface, as for stub; or give the signatures (name:Arg1,Arg2->Ret) as arguments")
 	}}
 	commands["digest"] = command{"PATH", "print the package digest that signatures cover", digest, nil}
-	commands["sign"] = command{"--key NAME.secret PATH", "sign a package directory, writing package.sig", sign, func(fs *flag.FlagSet) {
-		fs.String("key", "", "secret key file, 32 bytes (required)")
+	commands["sign"] = command{"--key NAME.secret DIR", "sign a package directory (not an archive: sign before packing), writing DIR/package.sig", sign, func(fs *flag.FlagSet) {
+		fs.String("key", "", "secret key file, 32 bytes (required); a NAME.public is refused, and a NAME.secret must match the NAME.public next to it, if any")
 	}}
-	commands["verify"] = command{"--key NAME.public PATH", "check a package's package.sig", verify, func(fs *flag.FlagSet) {
-		fs.String("key", "", "public key file, 32 bytes (required)")
+	commands["verify"] = command{"--key NAME.public PATH", "check the package.sig of a package directory or archive", verify, func(fs *flag.FlagSet) {
+		fs.String("key", "", "public key file, 32 bytes (required); a NAME.secret is refused")
 	}}
-	commands["keygen"] = command{"NAME", "write a new key pair to NAME.secret and NAME.public", keygen, nil}
+	commands["keygen"] = command{"[--force] NAME", "write a new key pair to NAME.secret and NAME.public", keygen, func(fs *flag.FlagSet) {
+		fs.Bool("force", false, "replace NAME.secret and NAME.public if they exist (the old secret key is lost)")
+	}}
 }
 
 func main() {
@@ -94,7 +115,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	// The flag package would print usage on any mistake; only help asks for it.
 	fs.Usage = func() {}
-	if err := fs.Parse(args[1:]); err != nil {
+	positional, err := parseInterleaved(fs, args[1:])
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(stdout, "usage: fidius-py %s %s\n\n%s.\n", args[0], cmd.args, cmd.summary)
 			fs.SetOutput(stdout)
@@ -104,10 +126,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "fidius-py %s: %v\n", args[0], err)
 		return 2
 	}
-	if err := cmd.run(fs, fs.Args(), stdout); err != nil {
-		// One line: a Python traceback belongs to the package's author, who
-		// can get it from inspect's import error or from the host's API.
-		msg, _, _ := strings.Cut(err.Error(), "\n")
+	if err := cmd.run(fs, positional, stdout); err != nil {
+		// One line unless -v asks for more: a traceback would bury the
+		// message, which is usually enough.
+		msg, _, _ := strings.Cut(nameArchives(err.Error()), "\n")
+		more := errorDetails(err)
+		switch {
+		case more == "":
+		case fs.Lookup("v") != nil && flagValue[bool](fs, "v"):
+			msg += "\n" + more
+		case fs.Lookup("v") != nil:
+			msg += " (-v shows more)"
+		}
 		fmt.Fprintf(stderr, "fidius-py %s: %s\n", args[0], msg)
 		var ue usageError
 		if errors.As(err, &ue) {
@@ -118,12 +148,81 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// errorDetails returns what err says beyond its first line: the rest of
+// a multi-line message (an import error's traceback), and a plugin error's
+// details and traceback, which are JSON in the error and shown as text.
+func errorDetails(err error) string {
+	var parts []string
+	if _, rest, ok := strings.Cut(err.Error(), "\n"); ok && strings.TrimSpace(rest) != "" {
+		parts = append(parts, strings.TrimRight(rest, "\n"))
+	}
+	var perr *fidius.PluginError
+	if errors.As(err, &perr) && len(perr.Details) > 0 && string(perr.Details) != "null" {
+		details, traceback := perr.Details, ""
+		var fields map[string]json.RawMessage
+		if json.Unmarshal(perr.Details, &fields) == nil {
+			if tb, ok := fields["traceback"]; ok && json.Unmarshal(tb, &traceback) == nil {
+				delete(fields, "traceback")
+				details = nil
+				if len(fields) > 0 {
+					details, _ = json.Marshal(fields)
+				}
+			}
+		}
+		if details != nil {
+			parts = append(parts, "details: "+string(details))
+		}
+		if traceback != "" {
+			parts = append(parts, "traceback:\n"+strings.TrimRight(traceback, "\n"))
+		}
+	}
+	return nameArchives(strings.Join(parts, "\n"))
+}
+
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: fidius-py COMMAND [ARGS]\n\nCommands:")
-	for _, name := range []string{"inspect", "call", "stub", "digest", "sign", "verify", "keygen"} {
+	for _, name := range []string{"inspect", "call", "stub", "hash", "digest", "sign", "verify", "keygen"} {
 		fmt.Fprintf(w, "  %-8s %s\n", name, commands[name].summary)
 	}
 	fmt.Fprintln(w, "\nRun fidius-py COMMAND --help for a command's arguments, fidius-py --version for versions.")
+}
+
+// parseInterleaved parses the flags found anywhere among args, as in
+// "fidius-py call PATH greet --raw", and returns the other arguments in
+// order. The flag package alone stops at the first argument that is not a
+// flag. "--" ends the flags: everything after it is positional. An argument
+// such as "-1" (a JSON number) is positional, since no flag name starts with
+// a digit.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var flags, positional []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			positional = append(positional, args[i+1:]...)
+			break
+		}
+		if len(a) < 2 || a[0] != '-' || (a[1] >= '0' && a[1] <= '9') {
+			positional = append(positional, a)
+			continue
+		}
+		flags = append(flags, a)
+		// A flag that takes a value and is not written name=value takes the
+		// next argument, whatever it looks like, as the flag package would.
+		name, _, inline := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if f := fs.Lookup(name); f != nil && !inline && !isBoolFlag(f) && i+1 < len(args) {
+			i++
+			flags = append(flags, args[i])
+		}
+	}
+	if err := fs.Parse(flags); err != nil {
+		return nil, err
+	}
+	return append(positional, fs.Args()...), nil
+}
+
+func isBoolFlag(f *flag.Flag) bool {
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
 }
 
 // flagValue returns the value of a flag the command defined.
@@ -157,7 +256,25 @@ func packageDir(path string) (dir string, cleanup func(), err error) {
 		os.RemoveAll(tmp)
 		return "", nil, err
 	}
+	unpacked = append(unpacked, [2]string{dir, path}, [2]string{tmp, path})
+	if real, err := filepath.EvalSymlinks(dir); err == nil && real != dir {
+		unpacked = append(unpacked, [2]string{real, path}) // as Python may spell it
+	}
 	return dir, func() { os.RemoveAll(tmp) }, nil
+}
+
+// unpacked pairs each temporary directory an archive was unpacked into with
+// the archive, so that a message names the file the user gave rather than
+// a directory that is gone by the time they read it. Package directories
+// come before the temporary directories holding them.
+var unpacked [][2]string
+
+// nameArchives rewrites the temporary directories in text as their archives.
+func nameArchives(text string) string {
+	for _, p := range unpacked {
+		text = strings.ReplaceAll(text, p[0], p[1])
+	}
+	return text
 }
 
 // onePackage takes the single PATH argument of a command.
@@ -193,16 +310,27 @@ func inspect(_ *flag.FlagSet, args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "hash:        0x%016x\n", r.InterfaceHash)
 	fmt.Fprintf(out, "methods:     %s\n", strings.Join(r.Methods, ", "))
+	// TODO(configurable): print "configure:   yes, __fidius_configure__
+	// (try it with call --config JSON)" once fidius.PackageReport reports
+	// whether the entry module has __fidius_configure__ (a Configurable
+	// field asked for on main); the public API cannot tell without calling it.
 	return nil
 }
 
 func call(fs *flag.FlagSet, args []string, out io.Writer) error {
-	if err := wantArgs(args, 2, 3, "PATH METHOD [JSON]"); err != nil {
+	if err := wantArgs(args, 2, 3, "PATH METHOD [INPUT]"); err != nil {
 		return err
 	}
 	raw, stream := flagValue[bool](fs, "raw"), flagValue[bool](fs, "stream")
 	if raw && stream {
 		return usageError{"--raw and --stream do not go together"}
+	}
+	config, configured := []byte(flagValue[string](fs, "config")), isSet(fs, "config")
+	if configured {
+		var v json.RawMessage
+		if err := json.Unmarshal(config, &v); err != nil {
+			return usageError{fmt.Sprintf("--config is not valid JSON: %v", err)}
+		}
 	}
 	dir, cleanup, err := packageDir(args[0])
 	if err != nil {
@@ -214,15 +342,28 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 		return err
 	}
 	method := args[1]
-	desc := &fidius.InterfaceDescriptor{InterfaceName: r.Manifest.Package.Interface, InterfaceHash: r.InterfaceHash}
-	for _, name := range r.Methods {
-		desc.Methods = append(desc.Methods, fidius.MethodDesc{Name: name, WireRaw: raw && name == method, Streaming: stream && name == method})
+	registered := slices.Contains(r.Methods, method)
+	// A configured plugin's methods are those of the object
+	// __fidius_configure__ returns, which need not be registered with
+	// @method: the load finds out whether it has one.
+	if !registered && !configured {
+		return fmt.Errorf("method %q is not registered in %s (%s)", method, args[0], registeredList(r.Methods))
 	}
-	i, ok := desc.MethodIndex(method)
-	if !ok {
-		return fmt.Errorf("method %q is not registered in %s (registered: %s)", method, args[0], strings.Join(r.Methods, ", "))
+	// The descriptor holds the one method called: the load checks only it.
+	desc := &fidius.InterfaceDescriptor{
+		InterfaceName: r.Manifest.Package.Interface,
+		InterfaceHash: r.InterfaceHash,
+		Methods:       []fidius.MethodDesc{{Name: method, WireRaw: raw, Streaming: stream}},
 	}
-	h, err := fidius.LoadPythonPlugin(dir, desc)
+	var h *fidius.PluginHandle
+	if configured {
+		h, err = fidius.LoadPythonPluginConfigured(dir, desc, json.RawMessage(config))
+	} else {
+		h, err = fidius.LoadPythonPlugin(dir, desc)
+	}
+	if errors.Is(err, fidius.ErrMethodNotRegistered) {
+		return fmt.Errorf("%w (%s)", err, registeredList(r.Methods))
+	}
 	if err != nil {
 		return err
 	}
@@ -238,14 +379,14 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 	ctx := context.Background()
 	switch {
 	case raw:
-		res, err := h.CallRaw(ctx, i, input)
+		res, err := h.CallRaw(ctx, 0, input)
 		if err != nil {
 			return err
 		}
 		_, err = out.Write(res)
 		return err
 	case stream:
-		for item, err := range h.CallStream(ctx, i, input) {
+		for item, err := range h.CallStream(ctx, 0, input) {
 			if err != nil {
 				return err
 			}
@@ -253,60 +394,145 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 		}
 		return nil
 	default:
-		res, err := h.CallJSON(ctx, i, input)
+		res, err := h.CallJSON(ctx, 0, input)
+		if errors.Is(err, fidius.ErrOutputEncode) && iteratorType.MatchString(err.Error()) {
+			return fmt.Errorf("%w: %s returns an iterator; call it with --stream", err, method)
+		}
 		if err != nil {
 			return err
+		}
+		// A library that writes an object with no JSON form as its str()
+		// turns an iterator into a string such as "<generator object f at
+		// 0x7f...>": a plugin author who forgot --stream would see that
+		// and exit status 0.
+		if m := iteratorRepr.FindSubmatch(res); m != nil {
+			return fmt.Errorf("%s returned a %s, which has no JSON form; call it with --stream", method, m[1])
 		}
 		fmt.Fprintf(out, "%s\n", res)
 		return nil
 	}
 }
 
-// interfaceFile is the TOML form stub reads.
+var (
+	// iteratorType finds an iterator type named in an ErrOutputEncode
+	// message: generator, async_generator, list_iterator and the like.
+	iteratorType = regexp.MustCompile(`\b(?:async_)?generator\b|iterator\b`)
+	// iteratorRepr matches the JSON string of an iterator's default str().
+	iteratorRepr = regexp.MustCompile(`^"<((?:async_)?generator|[A-Za-z_]*iterator) object\b[^"]* at 0x[0-9a-fA-F]+>"$`)
+)
+
+// registeredList says which methods are registered with @method.
+func registeredList(methods []string) string {
+	if len(methods) == 0 {
+		return "no method is registered with @method"
+	}
+	return "registered with @method: " + strings.Join(methods, ", ")
+}
+
+// isSet reports whether the command line set the flag, so that an empty
+// value given explicitly is told from an absent flag.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// interfaceFile is the TOML form stub and hash read.
 type interfaceFile struct {
-	Interface string `toml:"interface"`
-	Methods   []struct {
-		Name            string   `toml:"name"`
-		Args            []string `toml:"args"`
-		Returns         string   `toml:"returns"`
-		Raw             bool     `toml:"raw"`
-		Streaming       bool     `toml:"streaming"`
-		ClientStreaming bool     `toml:"client_streaming"`
-	} `toml:"methods"`
+	Interface string            `toml:"interface"`
+	Methods   []interfaceMethod `toml:"methods"`
+}
+
+type interfaceMethod struct {
+	Name            string   `toml:"name"`
+	Args            []string `toml:"args"`
+	Returns         string   `toml:"returns"`
+	Raw             bool     `toml:"raw"`
+	Streaming       bool     `toml:"streaming"`
+	ClientStreaming bool     `toml:"client_streaming"`
+}
+
+// readInterface reads the --interface file and returns it with each
+// method's signature, in the file's order.
+func readInterface(fs *flag.FlagSet) (*interfaceFile, []string, error) {
+	path := flagValue[string](fs, "interface")
+	if path == "" {
+		return nil, nil, usageError{"--interface FILE.toml is required"}
+	}
+	var f interfaceFile
+	md, err := toml.DecodeFile(path, &f)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %v", path, err)
+	}
+	if keys := md.Undecoded(); len(keys) > 0 {
+		return nil, nil, fmt.Errorf("%s: unknown key %s", path, keys[0])
+	}
+	if f.Interface == "" || len(f.Methods) == 0 {
+		return nil, nil, fmt.Errorf("%s: needs interface = \"Name\" and at least one [[methods]] entry", path)
+	}
+	var sigs []string
+	seen := map[string]bool{}
+	for _, m := range f.Methods {
+		if !isIdentifier(m.Name) || seen[m.Name] {
+			return nil, nil, fmt.Errorf("%s: method name %q is not a Python identifier, or is repeated", path, m.Name)
+		}
+		seen[m.Name] = true
+		sigs = append(sigs, fidius.SignatureString(m.Name, m.Args, m.Returns, m.Raw, m.Streaming, m.ClientStreaming))
+	}
+	return &f, sigs, nil
+}
+
+// signatureShape is what every signature looks like: a method name, a
+// colon, the argument types, "->" and the return type (and suffixes). A
+// typed-in signature of another shape is a mistake that would otherwise
+// give a hash nothing matches.
+var signatureShape = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*:.*->`)
+
+func hash(fs *flag.FlagSet, args []string, out io.Writer) error {
+	var sigs []string
+	switch {
+	case isSet(fs, "interface") && len(args) > 0:
+		return usageError{"give --interface FILE.toml or signatures, not both"}
+	case isSet(fs, "interface"):
+		var err error
+		if _, sigs, err = readInterface(fs); err != nil {
+			return err
+		}
+	case len(args) == 0:
+		return usageError{"expected --interface FILE.toml or at least one SIGNATURE"}
+	default:
+		for _, a := range args {
+			if !signatureShape.MatchString(a) {
+				return usageError{fmt.Sprintf("%q is not a method signature: write name:Arg1,Arg2->Ret, with !raw, !stream as fidius adds them", a)}
+			}
+		}
+		sigs = args
+	}
+	fmt.Fprintf(out, "0x%016X\n", fidius.InterfaceHash(sigs...))
+	sorted := slices.Clone(sigs)
+	slices.Sort(sorted)
+	for _, s := range sorted {
+		fmt.Fprintln(out, s)
+	}
+	return nil
 }
 
 func stub(fs *flag.FlagSet, args []string, out io.Writer) error {
 	if err := wantArgs(args, 0, 0, "no arguments besides --interface"); err != nil {
 		return err
 	}
-	path := flagValue[string](fs, "interface")
-	if path == "" {
-		return usageError{"--interface FILE.toml is required"}
-	}
-	var f interfaceFile
-	md, err := toml.DecodeFile(path, &f)
+	f, sigs, err := readInterface(fs)
 	if err != nil {
-		return fmt.Errorf("%s: %v", path, err)
+		return err
 	}
-	if keys := md.Undecoded(); len(keys) > 0 {
-		return fmt.Errorf("%s: unknown key %s", path, keys[0])
-	}
-	if f.Interface == "" || len(f.Methods) == 0 {
-		return fmt.Errorf("%s: needs interface = \"Name\" and at least one [[methods]] entry", path)
-	}
-	var sigs []string
-	seen := map[string]bool{}
-	for _, m := range f.Methods {
-		if !isIdentifier(m.Name) || seen[m.Name] {
-			return fmt.Errorf("%s: method name %q is not a Python identifier, or is repeated", path, m.Name)
-		}
-		seen[m.Name] = true
-		sigs = append(sigs, fidius.SignatureString(m.Name, m.Args, m.Returns, m.Raw, m.Streaming, m.ClientStreaming))
+	if flagValue[bool](fs, "go") {
+		return goDescriptor(out, f, sigs)
 	}
 	fmt.Fprintf(out, "\"\"\"Plugin module for the %s interface, stubbed by fidius-py.\n\nMethod signatures, as fidius hashes them:\n\n", f.Interface)
 	for _, s := range sigs {
 		fmt.Fprintf(out, "    %s\n", s)
 	}
+	fmt.Fprintf(out, "\nThe host's matching descriptor: fidius-py stub --go --interface %s\n", flagValue[string](fs, "interface"))
 	fmt.Fprintf(out, "\"\"\"\n\nfrom fidius import method\n\n__interface_hash__ = 0x%016X\n", fidius.InterfaceHash(sigs...))
 	for _, m := range f.Methods {
 		params := make([]string, len(m.Args))
@@ -319,6 +545,45 @@ func stub(fs *flag.FlagSet, args []string, out io.Writer) error {
 		fmt.Fprintf(out, "\n\n@method\ndef %s(%s):\n    raise NotImplementedError(%q)\n", m.Name, strings.Join(params, ", "), m.Name)
 	}
 	return nil
+}
+
+// goDescriptor writes the fidius.InterfaceDescriptor a Go host loads the
+// interface's plugins with: the hash is computed from the same signatures
+// as the Python stub's, and method i is the file's method i.
+func goDescriptor(out io.Writer, f *interfaceFile, sigs []string) error {
+	name := "iface"
+	if isIdentifier(f.Interface) {
+		name = strings.ToLower(f.Interface[:1]) + f.Interface[1:] + "Interface"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "// %s describes the %s interface; stubbed by fidius-py.\n", name, f.Interface)
+	fmt.Fprintf(&b, "var %s = &fidius.InterfaceDescriptor{\n\tInterfaceName: %s,\n", name, strconv.Quote(f.Interface))
+	fmt.Fprintf(&b, "\tInterfaceHash: fidius.InterfaceHash( // 0x%016X\n", fidius.InterfaceHash(sigs...))
+	for _, s := range sigs {
+		fmt.Fprintf(&b, "\t\t%s,\n", strconv.Quote(s))
+	}
+	b.WriteString("\t),\n\tMethods: []fidius.MethodDesc{\n")
+	for i, m := range f.Methods {
+		fields := []string{"Name: " + strconv.Quote(m.Name)}
+		if m.Raw {
+			fields = append(fields, "WireRaw: true")
+		}
+		if m.Streaming {
+			fields = append(fields, "Streaming: true")
+		}
+		comment := fmt.Sprintf("index %d", i)
+		if m.ClientStreaming {
+			comment += "; input streaming (<stream) is not supported by this library"
+		}
+		fmt.Fprintf(&b, "\t\t{%s}, // %s\n", strings.Join(fields, ", "), comment)
+	}
+	b.WriteString("\t},\n}\n")
+	src, err := format.Source([]byte(b.String()))
+	if err != nil {
+		return fmt.Errorf("formatting the descriptor: %v", err) // a bug here, not in the file
+	}
+	_, err = out.Write(src)
+	return err
 }
 
 func isIdentifier(s string) bool {
@@ -344,11 +609,50 @@ func digest(_ *flag.FlagSet, args []string, out io.Writer) error {
 	return nil
 }
 
-func readKey(fs *flag.FlagSet) ([]byte, error) {
+// readKey reads the --key file of sign (want "secret") or verify (want
+// "public"). Both kinds are raw 32-byte files, so the content cannot tell
+// them apart: the file name does. A NAME.public given to sign, or a
+// NAME.secret given to verify, is refused, naming the file to pass
+// instead. sign also checks a NAME.secret against the NAME.public next to
+// it, if there is one, because a signature those who trust NAME.public
+// cannot verify is worse than no signature. A file with another name is
+// taken to be the kind the command needs.
+func readKey(fs *flag.FlagSet, want string) ([]byte, error) {
 	path := flagValue[string](fs, "key")
 	if path == "" {
-		return nil, usageError{"--key is required"}
+		return nil, usageError{fmt.Sprintf("--key NAME.%s is required", want)}
 	}
+	other := map[string]string{"secret": "public", "public": "secret"}[want]
+	if base, ok := strings.CutSuffix(path, "."+other); ok {
+		return nil, usageError{fmt.Sprintf("%s is a %s key; pass %s.%s, the %s key", path, other, base, want, want)}
+	}
+	key, err := readKeyFile(path)
+	if err != nil {
+		return nil, err
+	}
+	base, ok := strings.CutSuffix(path, ".secret")
+	if want != "secret" || !ok {
+		return key, nil
+	}
+	sibling := base + ".public"
+	pub, err := readKeyFile(sibling)
+	if errors.Is(err, os.ErrNotExist) {
+		return key, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("checking %s against %s: %w", path, sibling, err)
+	}
+	switch {
+	case bytes.Equal(pub, key):
+		return nil, fmt.Errorf("%s holds the same bytes as %s: it is a public key, not a secret key", path, sibling)
+	case !ed25519.PublicKey(pub).Equal(ed25519.NewKeyFromSeed(key).Public()):
+		return nil, fmt.Errorf("%s and %s are not a key pair: %s would not verify what this key signs", path, sibling, sibling)
+	}
+	return key, nil
+}
+
+// readKeyFile reads a raw 32-byte key.
+func readKeyFile(path string) ([]byte, error) {
 	key, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -363,12 +667,18 @@ func sign(fs *flag.FlagSet, args []string, out io.Writer) error {
 	if err := wantArgs(args, 1, 1, "PATH"); err != nil {
 		return err
 	}
-	seed, err := readKey(fs)
+	seed, err := readKey(fs, "secret")
 	if err != nil {
 		return err
 	}
-	if st, err := os.Stat(args[0]); err != nil || !st.IsDir() {
-		return fmt.Errorf("%s: sign takes a package directory", args[0])
+	st, err := os.Stat(args[0])
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		// package.sig lives inside the package, so signing an archive
+		// means re-packing it, which fidius-py does not do.
+		return fmt.Errorf("%s is not a directory: sign signs a package directory, writing its package.sig; to ship a signed archive, sign the directory and then pack it (fidius-py cannot sign or re-pack an archive)", args[0])
 	}
 	if err := fidius.SignPackage(args[0], ed25519.NewKeyFromSeed(seed)); err != nil {
 		return err
@@ -378,7 +688,7 @@ func sign(fs *flag.FlagSet, args []string, out io.Writer) error {
 }
 
 func verify(fs *flag.FlagSet, args []string, out io.Writer) error {
-	pub, err := readKey(fs)
+	pub, err := readKey(fs, "public")
 	if err != nil {
 		return err
 	}
@@ -394,31 +704,92 @@ func verify(fs *flag.FlagSet, args []string, out io.Writer) error {
 	return nil
 }
 
-func keygen(_ *flag.FlagSet, args []string, out io.Writer) error {
+func keygen(fs *flag.FlagSet, args []string, out io.Writer) error {
 	if err := wantArgs(args, 1, 1, "NAME"); err != nil {
 		return err
+	}
+	force := flagValue[bool](fs, "force")
+	secret, public := args[0]+".secret", args[0]+".public"
+	// Both are checked before either is written, so that a refusal leaves
+	// no half-made pair.
+	if !force {
+		for _, p := range []string{secret, public} {
+			if _, err := os.Lstat(p); err == nil {
+				return fmt.Errorf("%s exists; pass --force to replace it (its key pair is lost)", p)
+			}
+		}
 	}
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return err
 	}
-	secret, public := args[0]+".secret", args[0]+".public"
-	if err := os.WriteFile(secret, priv.Seed(), 0o600); err != nil {
+	if err := writeNew(secret, priv.Seed(), 0o600, force); err != nil {
 		return err
 	}
-	if err := os.WriteFile(public, pub, 0o644); err != nil {
+	if err := writeNew(public, pub, 0o644, force); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "secret key: %s\npublic key: %s\n", secret, public)
 	return nil
 }
 
-// versionLine names this program's module version and the CPython it is
-// linked with.
+// writeNew writes a file that did not exist, with mode perm. With replace,
+// an existing file (or symbolic link) is removed first: os.WriteFile would
+// keep an old file's mode, and a secret key must not stay world-readable
+// because an earlier file at its name was.
+func writeNew(path string, data []byte, perm os.FileMode, replace bool) error {
+	if replace {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	// O_EXCL: a file that appeared since the check is not overwritten.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("%s exists; pass --force to replace it", path)
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// libraryModule is the module whose library fidius-py links and reports.
+const libraryModule = "github.com/fidius-go/fidius"
+
+// versionLine names the version of the fidius library this program is
+// built from and the CPython it is linked with and runs. A build from a
+// checkout has no module version, "(devel)"; the commit is added when the
+// build recorded one.
 func versionLine() string {
 	v := "(unknown)"
 	if info, ok := debug.ReadBuildInfo(); ok {
-		v = info.Main.Version
+		mod := &info.Main
+		// fidius-py is normally its own module's main package; a copy built
+		// inside another module finds the library among the dependencies.
+		for _, d := range info.Deps {
+			if mod.Path != libraryModule && d.Path == libraryModule {
+				mod = d
+				if d.Replace != nil {
+					mod = d.Replace
+				}
+			}
+		}
+		v = mod.Version
+		settings := map[string]string{}
+		for _, s := range info.Settings {
+			settings[s.Key] = s.Value
+		}
+		if rev := settings["vcs.revision"]; v == "(devel)" && rev != "" {
+			v += " " + rev[:min(12, len(rev))]
+			if settings["vcs.modified"] == "true" {
+				v += "+dirty"
+			}
+		}
 	}
-	return fmt.Sprintf("fidius-py %s (github.com/fidius-go/fidius), Python %s", v, fidius.PythonVersion())
+	return fmt.Sprintf("fidius-py: library %s %s, Python %s", libraryModule, v, fidius.PythonVersion())
 }

@@ -1,21 +1,28 @@
 // Command greeter is a small fidius host: it loads the Python plugin in
-// ./plugin, makes a typed call, a raw call and a call that raises a
-// fidius.PluginError, and prints each result or error.
+// the directory it is given (examples/greeter/plugin, relative to the
+// working directory, by default), makes a typed call, a raw call and a call
+// that raises a fidius.PluginError, and prints each result or error.
 //
-//	go run ./examples/greeter
+//	go run ./examples/greeter                   # from the repository's root
+//	greeter path/to/examples/greeter/plugin     # a built binary, from anywhere
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
-	"path/filepath"
-	"runtime"
 
 	"github.com/fidius-go/fidius"
 )
+
+// defaultPlugin is where the plugin is from the repository's root, where
+// CI and the README run the example. The directory is not found from the
+// source file's location: a binary built with -trimpath, or moved, has no
+// such path.
+const defaultPlugin = "examples/greeter/plugin"
 
 // greeter describes the Greeter interface; the hash is
 // fidius.InterfaceHash of the three signatures listed in the plugin.
@@ -30,16 +37,32 @@ var greeter = &fidius.InterfaceDescriptor{
 }
 
 func main() {
-	_, self, _, _ := runtime.Caller(0)
-	dir := flag.String("plugin", filepath.Join(filepath.Dir(self), "plugin"), "plugin package directory")
-	flag.Parse()
-	if err := run(*dir); err != nil {
-		fmt.Fprintln(os.Stderr, "greeter:", err)
-		os.Exit(1)
-	}
+	os.Exit(greet(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(dir string) error {
+// greet runs the example with the command-line arguments args and returns
+// the exit status.
+func greet(args []string, stdout, stderr io.Writer) int {
+	dir := defaultPlugin
+	switch len(args) {
+	case 0:
+	case 1:
+		dir = args[0]
+	default:
+		fmt.Fprintln(stderr, "usage: greeter [PLUGIN_DIR]")
+		return 2
+	}
+	if err := run(stdout, dir); err != nil {
+		if errors.Is(err, fs.ErrNotExist) && len(args) == 0 {
+			err = fmt.Errorf("%w (run it from the repository's root, or pass the plugin directory: greeter PLUGIN_DIR)", err)
+		}
+		fmt.Fprintln(stderr, "greeter:", err)
+		return 1
+	}
+	return 0
+}
+
+func run(out io.Writer, dir string) error {
 	h, err := fidius.LoadPythonPlugin(dir, greeter)
 	if err != nil {
 		return err
@@ -51,19 +74,19 @@ func run(dir string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("greet(\"World\") = %q\n", greeting)
+	fmt.Fprintf(out, "greet(\"World\") = %q\n", greeting)
 
 	reversed, err := h.CallRaw(ctx, 1, []byte("fidius"))
 	if err != nil {
 		return err
 	}
-	fmt.Printf("reverse(b\"fidius\") = %q\n", reversed)
+	fmt.Fprintf(out, "reverse(b\"fidius\") = %q\n", reversed)
 
 	_, err = h.CallJSON(ctx, 2, nil)
 	var perr *fidius.PluginError
 	if !errors.As(err, &perr) {
 		return fmt.Errorf("fail() did not raise a plugin error: %v", err)
 	}
-	fmt.Printf("fail() raised code=%s message=%q details=%s\n", perr.Code, perr.Message, perr.Details)
+	fmt.Fprintf(out, "fail() raised code=%s message=%q details=%s\n", perr.Code, perr.Message, perr.Details)
 	return nil
 }
