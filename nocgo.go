@@ -58,7 +58,9 @@ func (h *PluginHandle) CallStream(ctx context.Context, i int, input []byte) iter
 func (h *PluginHandle) Reload() error { return errNoCgo("reloading a plugin") }
 
 // ReloadContext returns ErrCgoRequired.
-func (h *PluginHandle) ReloadContext(ctx context.Context) error { return errNoCgo("reloading a plugin") }
+func (h *PluginHandle) ReloadContext(ctx context.Context) error {
+	return errNoCgo("reloading a plugin")
+}
 
 // LoadPythonPlugin returns ErrCgoRequired.
 func LoadPythonPlugin(packageDir string, desc *InterfaceDescriptor, opts ...Option) (*PluginHandle, error) {

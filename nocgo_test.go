@@ -57,11 +57,14 @@ func TestWithoutCgo(t *testing.T) {
 
 	desc := &InterfaceDescriptor{InterfaceName: "T", Methods: []MethodDesc{{Name: "greet"}}}
 	for what, err := range map[string]error{
-		"LoadPythonPlugin":        func() error { _, err := LoadPythonPlugin("testdata/greeter", desc); return err }(),
-		"LoadPythonPluginContext": func() error { _, err := LoadPythonPluginContext(context.Background(), "testdata/greeter", desc); return err }(),
-		"InspectPythonPackage":    func() error { _, err := InspectPythonPackage("testdata/greeter"); return err }(),
-		"Host.Load":               func() error { _, err := host.Load(m.Package.Name, desc); return err }(),
-		"UseVirtualEnv":           UseVirtualEnv(dir),
+		"LoadPythonPlugin": func() error { _, err := LoadPythonPlugin("testdata/greeter", desc); return err }(),
+		"LoadPythonPluginContext": func() error {
+			_, err := LoadPythonPluginContext(context.Background(), "testdata/greeter", desc)
+			return err
+		}(),
+		"InspectPythonPackage": func() error { _, err := InspectPythonPackage("testdata/greeter"); return err }(),
+		"Host.Load":            func() error { _, err := host.Load(m.Package.Name, desc); return err }(),
+		"UseVirtualEnv":        UseVirtualEnv(dir),
 	} {
 		if !errors.Is(err, ErrCgoRequired) {
 			t.Errorf("%s: %v, want ErrCgoRequired", what, err)

@@ -39,6 +39,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/fidius-go/fidius"
@@ -59,14 +60,16 @@ type command struct {
 var commands = map[string]command{}
 
 func init() {
-	commands["inspect"] = command{"[-v] PATH", "show a package's manifest header, entry module, __interface_hash__ and registered methods", inspect, func(fs *flag.FlagSet) {
+	commands["inspect"] = command{"[-v] [--timeout D] PATH", "show a package's manifest header, entry module, __interface_hash__, registered methods and whether it is configurable", inspect, func(fs *flag.FlagSet) {
 		fs.Bool("v", false, "on an import error, show the traceback")
+		fs.Duration("timeout", 0, "give up importing the package after this long (such as 10s); 0 waits for ever")
 	}}
-	commands["call"] = command{"[--raw|--stream] [--config JSON] [-v] PATH METHOD [INPUT]", "load a package and call one of its methods", call, func(fs *flag.FlagSet) {
+	commands["call"] = command{"[--raw|--stream] [--config JSON] [-v] [--timeout D] PATH METHOD [INPUT]", "load a package and call one of its methods", call, func(fs *flag.FlagSet) {
 		fs.Bool("raw", false, "raw-wire call: INPUT (or standard input when there is none) is passed to the method as bytes, as they are, not parsed as JSON; the result is written as bytes")
 		fs.Bool("stream", false, "streaming call, for a method that returns an iterator or generator: print each item on its own line")
 		fs.String("config", "", "load the package configured: pass this JSON to the entry module's __fidius_configure__ and call the method of the object it returns")
 		fs.Bool("v", false, "on an error, show the plugin's error details and the Python traceback")
+		fs.Duration("timeout", 0, "give up loading and calling after this long in all (such as 10s); 0 waits for ever")
 	}}
 	commands["stub"] = command{"[--go] --interface FILE.toml", "print a Python module with __interface_hash__ and one @method stub per method, or with --go the host's Go descriptor", stub, func(fs *flag.FlagSet) {
 		fs.String("interface", "", "TOML file describing the interface (required)")
@@ -285,7 +288,7 @@ func onePackage(args []string) (string, func(), error) {
 	return packageDir(args[0])
 }
 
-func inspect(_ *flag.FlagSet, args []string, out io.Writer) error {
+func inspect(fs *flag.FlagSet, args []string, out io.Writer) error {
 	dir, cleanup, err := onePackage(args)
 	if err != nil {
 		return err
@@ -304,16 +307,19 @@ func inspect(_ *flag.FlagSet, args []string, out io.Writer) error {
 		return nil
 	}
 	fmt.Fprintf(out, "entry:       %s\n", m.Python.EntryModule)
-	r, err := fidius.InspectPythonPackage(dir)
+	ctx, cancel := withTimeout(fs)
+	defer cancel()
+	r, err := fidius.InspectPythonPackageContext(ctx, dir)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "hash:        0x%016x\n", r.InterfaceHash)
 	fmt.Fprintf(out, "methods:     %s\n", strings.Join(r.Methods, ", "))
-	// TODO(configurable): print "configure:   yes, __fidius_configure__
-	// (try it with call --config JSON)" once fidius.PackageReport reports
-	// whether the entry module has __fidius_configure__ (a Configurable
-	// field asked for on main); the public API cannot tell without calling it.
+	if r.Configurable {
+		fmt.Fprintf(out, "configured:  yes, by __fidius_configure__ (try call --config JSON)\n")
+	} else {
+		fmt.Fprintf(out, "configured:  no\n")
+	}
 	return nil
 }
 
@@ -337,7 +343,9 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 		return err
 	}
 	defer cleanup()
-	r, err := fidius.InspectPythonPackage(dir)
+	ctx, cancel := withTimeout(fs)
+	defer cancel()
+	r, err := fidius.InspectPythonPackageContext(ctx, dir)
 	if err != nil {
 		return err
 	}
@@ -357,9 +365,9 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 	}
 	var h *fidius.PluginHandle
 	if configured {
-		h, err = fidius.LoadPythonPluginConfigured(dir, desc, json.RawMessage(config))
+		h, err = fidius.LoadPythonPluginConfiguredContext(ctx, dir, desc, json.RawMessage(config))
 	} else {
-		h, err = fidius.LoadPythonPlugin(dir, desc)
+		h, err = fidius.LoadPythonPluginContext(ctx, dir, desc)
 	}
 	if errors.Is(err, fidius.ErrMethodNotRegistered) {
 		return fmt.Errorf("%w (%s)", err, registeredList(r.Methods))
@@ -376,7 +384,6 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 			return err
 		}
 	}
-	ctx := context.Background()
 	switch {
 	case raw:
 		res, err := h.CallRaw(ctx, 0, input)
@@ -401,13 +408,6 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		// A library that writes an object with no JSON form as its str()
-		// turns an iterator into a string such as "<generator object f at
-		// 0x7f...>": a plugin author who forgot --stream would see that
-		// and exit status 0.
-		if m := iteratorRepr.FindSubmatch(res); m != nil {
-			return fmt.Errorf("%s returned a %s, which has no JSON form; call it with --stream", method, m[1])
-		}
 		fmt.Fprintf(out, "%s\n", res)
 		return nil
 	}
@@ -417,9 +417,17 @@ var (
 	// iteratorType finds an iterator type named in an ErrOutputEncode
 	// message: generator, async_generator, list_iterator and the like.
 	iteratorType = regexp.MustCompile(`\b(?:async_)?generator\b|iterator\b`)
-	// iteratorRepr matches the JSON string of an iterator's default str().
-	iteratorRepr = regexp.MustCompile(`^"<((?:async_)?generator|[A-Za-z_]*iterator) object\b[^"]* at 0x[0-9a-fA-F]+>"$`)
 )
+
+// withTimeout is the context of a command with a --timeout flag. Python
+// installs no signal handlers here, so Ctrl-C ends the program at once
+// whatever the context.
+func withTimeout(fs *flag.FlagSet) (context.Context, context.CancelFunc) {
+	if d := flagValue[time.Duration](fs, "timeout"); d > 0 {
+		return context.WithTimeout(context.Background(), d)
+	}
+	return context.WithCancel(context.Background())
+}
 
 // registeredList says which methods are registered with @method.
 func registeredList(methods []string) string {
@@ -791,5 +799,9 @@ func versionLine() string {
 			}
 		}
 	}
-	return fmt.Sprintf("fidius-py: library %s %s, Python %s", libraryModule, v, fidius.PythonVersion())
+	py := "Python " + fidius.PythonVersion()
+	if fidius.PythonVersion() == "" {
+		py = "no Python (built without cgo: inspect and call are unavailable)"
+	}
+	return fmt.Sprintf("fidius-py: library %s %s, %s", libraryModule, v, py)
 }

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dsnet/compress/bzip2"
 	"github.com/fidius-go/fidius"
@@ -157,7 +158,7 @@ func TestInspect(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
 	for _, want := range []string{"package:     py-greeter 0.1.0", "interface:   Greeter (version 1)", "runtime:     python",
-		"entry:       example_greeter", "hash:        0xe59581c4ab5583dd", "methods:     fail, greet, reverse"} {
+		"entry:       example_greeter", "hash:        0xe59581c4ab5583dd", "methods:     fail, greet, reverse", "configured:  no"} {
 		if !strings.Contains(out, want+"\n") {
 			t.Errorf("inspect output lacks %q:\n%s", want, out)
 		}
@@ -521,6 +522,23 @@ func TestCallVerbose(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, "RuntimeError: no\n") || !strings.Contains(errs, "fidius_py_broken.py\", line 2, in <module>") {
 		t.Fatalf("inspect -v: exit %d %q", code, errs)
 	}
+}
+
+// inspect says when a package is configured, and --timeout stops an
+// import that never ends.
+func TestInspectConfiguredAndTimeout(t *testing.T) {
+	pkg := writePlugin(t, "fidius_py_inspect_cfg", "__interface_hash__ = 1\ndef __fidius_configure__(config):\n    return config\n")
+	if out, errs, code := cli(t, "", "inspect", pkg); code != 0 || !strings.Contains(out, "configured:  yes, by __fidius_configure__ (try call --config JSON)\n") {
+		t.Fatalf("exit %d: %q %q", code, out, errs)
+	}
+	spin := writePlugin(t, "fidius_py_inspect_spin", "__interface_hash__ = 1\nwhile True:\n    pass\n")
+	start := time.Now()
+	out, errs, code := cli(t, "", "inspect", "--timeout", "200ms", spin)
+	if code != 1 || !strings.Contains(errs, "context deadline exceeded") || time.Since(start) > 5*time.Second {
+		t.Fatalf("inspect --timeout: exit %d after %v: %q %q", code, time.Since(start), out, errs)
+	}
+	out, errs, code = cli(t, "", "call", spin, "f", "--timeout", "200ms")
+	oneLineError(t, out, errs, code, "context deadline exceeded")
 }
 
 // A method that returns an iterator, called without --stream, fails and
