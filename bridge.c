@@ -371,16 +371,40 @@ static void leave(fidius_ctl *ctl, fidius_result *r) {
 
 // call_json calls fn with the JSON input as its arguments: an array is the
 // positional arguments, null or nothing means none, anything else is the
-// single argument. NULL with r->status set on bad input, NULL with a Python
-// error set if the call raised.
-static PyObject *call_json(PyObject *fn, const char *in, size_t n, fidius_ctl *ctl, fidius_result *r) {
+// single argument. A lead object (a host-fed stream) goes before them all.
+// NULL with r->status set on bad input, NULL with a Python error set if the
+// call raised.
+static PyObject *call_json(PyObject *fn, PyObject *lead, const char *in, size_t n, fidius_ctl *ctl, fidius_result *r) {
 	if (n == 0) {
 		run(ctl);
-		return PyObject_CallNoArgs(fn);
+		return lead != NULL ? PyObject_CallOneArg(fn, lead) : PyObject_CallNoArgs(fn);
 	}
 	PyObject *arg = fidius_decode_value(in, n, r);
 	if (arg == NULL)
 		return NULL;
+	if (lead != NULL) {
+		// Rare (streams only): a tuple of the lead and the arguments.
+		PyObject *args = NULL;
+		if (PyList_CheckExact(arg)) {
+			Py_ssize_t k = PyList_GET_SIZE(arg);
+			if ((args = PyTuple_New(k + 1)) != NULL) {
+				PyTuple_SET_ITEM(args, 0, Py_NewRef(lead));
+				for (Py_ssize_t j = 0; j < k; j++)
+					PyTuple_SET_ITEM(args, j + 1, Py_NewRef(PyList_GET_ITEM(arg, j)));
+			}
+		} else if (arg == Py_None) {
+			args = PyTuple_Pack(1, lead);
+		} else {
+			args = PyTuple_Pack(2, lead, arg);
+		}
+		Py_DECREF(arg);
+		if (args == NULL)
+			return NULL;
+		run(ctl);
+		PyObject *res = PyObject_Call(fn, args, NULL);
+		Py_DECREF(args);
+		return res;
+	}
 	run(ctl);
 	PyObject *res;
 	if (PyList_CheckExact(arg)) {
@@ -414,7 +438,7 @@ static PyObject *enter_json(fidius_slot *s, Py_ssize_t i, const char *in, size_t
 	PyObject *fn = enter(s, i, ctl, r);
 	if (fn == NULL)
 		return NULL;
-	PyObject *res = call_json(fn, in, n, ctl, r);
+	PyObject *res = call_json(fn, NULL, in, n, ctl, r);
 	Py_DECREF(fn);
 	if (res == NULL && r->status == FIDIUS_OK)
 		describe_error(r, 1);
@@ -529,9 +553,24 @@ static int defines_iter(PyObject *o) {
 	return defined;
 }
 
-fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl) {
+// stream_start calls streaming method i and takes an iterator of its
+// result. With a feed_id, a host-fed stream made for the call goes before
+// the arguments, and *feed gets a reference to it.
+static fidius_result stream_start(fidius_slot *s, Py_ssize_t i, uintptr_t feed_id, const char *in, size_t n, fidius_ctl *ctl, PyObject **feed) {
 	fidius_result r = {0};
-	PyObject *res = enter_json(s, i, in, n, ctl, &r);
+	PyObject *fn = enter(s, i, ctl, &r), *res = NULL, *lead = NULL;
+	if (fn != NULL) {
+		if (feed_id != 0 && (lead = fidius_feed_new(feed_id, ctl)) == NULL) {
+			describe_error(&r, 0);
+		} else {
+			res = call_json(fn, lead, in, n, ctl, &r);
+			if (res == NULL && r.status == FIDIUS_OK)
+				describe_error(&r, 1);
+		}
+		Py_DECREF(fn);
+	}
+	if (lead != NULL)
+		*feed = lead;
 	if (res != NULL) {
 		r.obj = PyObject_GetIter(res);
 		settle(ctl);
@@ -546,6 +585,40 @@ fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, 
 			// a fidius.PluginError included.
 			describe_error(&r, 1);
 		}
+		Py_DECREF(res);
+	}
+	leave(ctl, &r);
+	return r;
+}
+
+fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl) {
+	return stream_start(s, i, 0, in, n, ctl, NULL);
+}
+
+fidius_result fidius_stream_start_fed(fidius_slot *s, Py_ssize_t i, uintptr_t feed_id, const char *in, size_t n, fidius_ctl *ctl, PyObject **feed) {
+	*feed = NULL;
+	return stream_start(s, i, feed_id, in, n, ctl, feed);
+}
+
+// The feed made here belongs to the call, and ends with it.
+fidius_result fidius_call_fed(fidius_slot *s, Py_ssize_t i, uintptr_t feed_id, const char *in, size_t n, fidius_ctl *ctl) {
+	fidius_result r = {0};
+	PyObject *fn = enter(s, i, ctl, &r), *res = NULL;
+	if (fn != NULL) {
+		PyObject *feed = fidius_feed_new(feed_id, ctl);
+		if (feed == NULL) {
+			describe_error(&r, 0);
+		} else {
+			res = call_json(fn, feed, in, n, ctl, &r);
+			if (res == NULL && r.status == FIDIUS_OK)
+				describe_error(&r, 1);
+			fidius_feed_end(feed);
+			Py_DECREF(feed);
+		}
+		Py_DECREF(fn);
+	}
+	if (res != NULL) {
+		encode_result(s, res, &r);
 		Py_DECREF(res);
 	}
 	leave(ctl, &r);

@@ -12,6 +12,12 @@ void fidius_disarm(fidius_ctl *ctl);             // GIL held, on the call's own 
 void fidius_cancel_enter(fidius_ctl *ctl);       // the call's own thread: whose code runs here (NULL: none)
 extern PyObject *fidius_cancel_type;
 
+// Host-fed streams (feed.c), GIL held: a new feed reading Go's iterator
+// feed_id for the call ctl (may be NULL), and ending one, after which its
+// next() reaches neither Go nor the call.
+PyObject *fidius_feed_new(uintptr_t feed_id, fidius_ctl *ctl);
+void fidius_feed_end(PyObject *feed);
+
 // JSON codec (GIL held), used by dispatch and the loader.
 PyObject *fidius_json_decode(const char *in, size_t n, char *err, size_t errlen);
 // fidius_json_encode appends o's JSON to the thread buffer; -1 with a

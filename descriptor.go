@@ -18,6 +18,16 @@ type MethodDesc struct {
 	// Streaming marks a method that returns a stream of results; it cannot
 	// be called with CallJSON or CallRaw.
 	Streaming bool
+	// ClientStreaming marks a method that takes a stream of inputs: the
+	// host's items arrive as an iterator, its first argument. Call it with
+	// CallClientStream, or with CallBidiStream when it is also Streaming.
+	// Such methods are typed (not WireRaw).
+	ClientStreaming bool
+	// Optional marks a method a plugin may leave out, as fidius's
+	// #[optional] methods: it is not part of the interface hash, a plugin
+	// without it loads, and calling it there is ErrMethodAbsent.
+	// PluginHandle.Implements says whether the plugin has it.
+	Optional bool
 }
 
 // InterfaceDescriptor is what a host knows of an interface: its name, its

@@ -73,7 +73,24 @@ const (
 	typedCall callKind = iota
 	rawCall
 	streamCall
+	clientStreamCall
+	bidiCall
 )
+
+// kindOf is how method m must be called.
+func kindOf(m *MethodDesc) callKind {
+	switch {
+	case m.ClientStreaming && m.Streaming:
+		return bidiCall
+	case m.ClientStreaming:
+		return clientStreamCall
+	case m.Streaming:
+		return streamCall
+	case m.WireRaw:
+		return rawCall
+	}
+	return typedCall
+}
 
 // method checks the index and the wire mode of a call, and that it may
 // still start.
@@ -84,15 +101,20 @@ func (h *PluginHandle) method(ctx context.Context, i int, kind callKind) (*Metho
 	}
 	m := &d.Methods[i]
 	var use string
-	switch {
-	case m.Streaming && kind != streamCall:
+	switch want := kindOf(m); {
+	case want == kind:
+	case want == bidiCall:
+		use = "streams its input and its results; call it with CallBidiStream"
+	case want == clientStreamCall:
+		use = "takes a stream of inputs; call it with CallClientStream"
+	case want == streamCall:
 		use = "streams its results; call it with CallStream"
-	case !m.Streaming && kind == streamCall:
+	case kind != typedCall && kind != rawCall:
 		use = "does not stream; call it with CallJSON or CallRaw"
-	case kind == rawCall && !m.WireRaw:
-		use = "is typed; call it with CallJSON"
-	case kind == typedCall && m.WireRaw:
+	case want == rawCall:
 		use = "is raw-wire; call it with CallRaw"
+	default:
+		use = "is typed; call it with CallJSON"
 	}
 	if use != "" {
 		return nil, fmt.Errorf("%w: method %q of interface %q %s", ErrWireModeMismatch, m.Name, d.InterfaceName, use)
@@ -160,17 +182,33 @@ func (h *PluginHandle) call(ctx context.Context, i int, kind callKind, dst, inpu
 		runtime.KeepAlive(input)
 		return out, err
 	}
+	return h.cross(ctx, m, dst, func(ctl *C.fidius_ctl) C.fidius_result {
+		r := C.fidius_call(h.slot, C.Py_ssize_t(i), C.int(kind), bytesPtr(input), C.size_t(len(input)), ctl)
+		runtime.KeepAlive(input)
+		return r
+	})
+}
+
+// cross makes a call's crossing, as call does: on the caller's goroutine
+// under a context that cannot end, else on a goroutine of its own that the
+// caller can leave.
+func (h *PluginHandle) cross(ctx context.Context, m *MethodDesc, dst []byte, crossing func(*C.fidius_ctl) C.fidius_result) ([]byte, error) {
+	if ctx.Done() == nil {
+		gate.enter(nil)
+		runtime.LockOSThread()
+		out, err := h.result(ctx, m, crossing(nil), dst)
+		runtime.UnlockOSThread()
+		gate.leave()
+		return out, err
+	}
 	c := newCancellation(ctx)
 	var (
 		out  []byte
 		cerr error // not err: a variable the closure shares moves to the heap on every path
 	)
-	stayed := c.cross(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
-		return C.fidius_call(h.slot, C.Py_ssize_t(i), C.int(kind), bytesPtr(input), C.size_t(len(input)), ctl)
-	}, func(r C.fidius_result) {
+	stayed := c.cross(ctx, crossing, func(r C.fidius_result) {
 		out, cerr = h.result(ctx, m, r, dst)
 	}, c.free)
-	runtime.KeepAlive(input)
 	if !stayed {
 		return dst, h.interrupted(m, ctx)
 	}

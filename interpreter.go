@@ -83,19 +83,20 @@ func startInterpreter() error {
 
 	// The helpers C needs are borrowed for the call that hands them over;
 	// the ones Go calls are kept for the life of the process.
-	var describe, fields, install, cancelled, mapping *pyObject
+	var describe, fields, install, cancelled, mapping, hostStreamError *pyObject
 	defer func() {
 		describe.decRef() // nil-safe: a lookup may have failed
 		fields.decRef()
 		install.decRef()
 		cancelled.decRef()
 		mapping.decRef()
+		hostStreamError.decRef()
 	}()
 	for _, h := range []struct {
 		name string
 		dst  **pyObject
 	}{
-		{"describe", &describe}, {"field_names", &fields}, {"install_sdk", &install}, {"CallCancelled", &cancelled}, {"Mapping", &mapping},
+		{"describe", &describe}, {"field_names", &fields}, {"install_sdk", &install}, {"CallCancelled", &cancelled}, {"Mapping", &mapping}, {"HostStreamError", &hostStreamError},
 		{"drop_modules", &dropModules}, {"restore_modules", &restoreModules}, {"modules_under", &modulesUnder}, {"foreign_location", &foreignLocation},
 		{"ensure_sdk", &ensureSDK}, {"registered_methods", &registeredNames}, {"use_virtual_env", &useVirtualEnv},
 	} {
@@ -106,6 +107,9 @@ func startInterpreter() error {
 	C.fidius_set_helpers(toC(describe), toC(fields), toC(cancelled), toC(mapping))
 	if C.fidius_cancel_init() != 0 {
 		return takeImportError("<fidius-go>/cancellation")
+	}
+	if C.fidius_feed_init(toC(hostStreamError)) != 0 {
+		return takeImportError("<fidius-go>/host-fed streams")
 	}
 
 	sources, err := sdkSources()

@@ -42,69 +42,88 @@ func (h *PluginHandle) CallStream(ctx context.Context, i int, input []byte) iter
 			yield(nil, err)
 			return
 		}
-		s := &stream{h: h}
-		if ctx.Done() != nil {
-			s.c = newCancellation(ctx)
+		s := &stream{h: h, m: m}
+		s.run(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
+			r := C.fidius_stream_start(h.slot, C.Py_ssize_t(i), bytesPtr(input), C.size_t(len(input)), ctl)
+			runtime.KeepAlive(input)
+			return r
+		}, yield)
+	}
+}
+
+// stream is one running CallStream or CallBidiStream: the Python iterator
+// and, under a context that can end, the control block its steps share.
+type stream struct {
+	h  *PluginHandle
+	m  *MethodDesc
+	c  *cancellation // nil when ctx can never end
+	it *C.PyObject   // the iterator, once started; a reference owned here
+	in *feed         // a bidirectional call's input, or nil
+	// fed is the Python side of in, once started: a reference owned here.
+	fed *C.PyObject
+	// orphaned: a step was left running when ctx ended, and finishes the
+	// stream in the background; the caller's goroutine touches it no more.
+	orphaned bool
+}
+
+// run starts the stream with the crossing start, then hands each item to
+// yield until the iterator ends, fails, or yield asks to stop.
+func (s *stream) run(ctx context.Context, start func(*C.fidius_ctl) C.fidius_result, yield func(json.RawMessage, error) bool) {
+	h, m := s.h, s.m
+	if ctx.Done() != nil {
+		s.c = newCancellation(ctx)
+	}
+	var err error
+	if !s.step(ctx, start, func(r C.fidius_result) {
+		if r.status == C.FIDIUS_OK {
+			s.it = r.obj
+		} else {
+			_, err = h.result(ctx, m, r, nil)
 		}
-		var r C.fidius_result
+	}) {
+		yield(nil, h.interrupted(m, ctx))
+		return
+	}
+	defer s.close(ctx)
+	if err != nil {
+		yield(nil, s.failed(err))
+		return
+	}
+	for {
+		var (
+			item json.RawMessage
+			end  bool
+		)
 		if !s.step(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
-			return C.fidius_stream_start(h.slot, C.Py_ssize_t(i), bytesPtr(input), C.size_t(len(input)), ctl)
-		}, func(res C.fidius_result) {
-			r = res
-			if r.status == C.FIDIUS_OK {
-				s.it = r.obj
-			} else {
-				_, err = h.result(ctx, m, r, nil)
+			return C.fidius_stream_next(h.slot, s.it, ctl)
+		}, func(r C.fidius_result) {
+			if end = r.status == C.FIDIUS_END; !end {
+				item, err = h.result(ctx, m, r, nil)
 			}
 		}) {
-			runtime.KeepAlive(input)
 			yield(nil, h.interrupted(m, ctx))
 			return
 		}
-		runtime.KeepAlive(input)
-		defer s.close(ctx)
-		if err != nil {
-			yield(nil, err)
+		if end {
 			return
 		}
-		for {
-			var (
-				item json.RawMessage
-				end  bool
-			)
-			if !s.step(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
-				return C.fidius_stream_next(h.slot, s.it, ctl)
-			}, func(r C.fidius_result) {
-				if end = r.status == C.FIDIUS_END; !end {
-					item, err = h.result(ctx, m, r, nil)
-				}
-			}) {
-				yield(nil, h.interrupted(m, ctx))
-				return
-			}
-			if end {
-				return
-			}
-			if err != nil {
-				yield(nil, err)
-				return
-			}
-			if !yield(item, nil) {
-				return
-			}
+		if err != nil {
+			yield(nil, s.failed(err))
+			return
+		}
+		if !yield(item, nil) {
+			return
 		}
 	}
 }
 
-// stream is one running CallStream: the Python iterator and, under a
-// context that can end, the control block its steps share.
-type stream struct {
-	h  *PluginHandle
-	c  *cancellation // nil when ctx can never end
-	it *C.PyObject   // the iterator, once started; a reference owned here
-	// orphaned: a step was left running when ctx ended, and finishes the
-	// stream in the background; the caller's goroutine touches it no more.
-	orphaned bool
+// failed is the error a stream ends with: the host's own, when the host's
+// input iterator failed and the plugin let that through.
+func (s *stream) failed(err error) error {
+	if s.in != nil {
+		return s.in.hostError(s.m, err)
+	}
+	return err
 }
 
 // step makes one crossing into C and hands its result to keep on the
@@ -158,6 +177,13 @@ func (s *stream) finish() {
 		runtime.UnlockOSThread()
 		gate.leave()
 		s.it = nil
+	}
+	if s.fed != nil {
+		C.fidius_feed_close(s.fed) // after the generator's finally blocks, which may read it
+		s.fed = nil
+	}
+	if s.in != nil {
+		s.in.close()
 	}
 	if s.c != nil {
 		s.c.free()

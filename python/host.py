@@ -95,6 +95,11 @@ def _forget_fields(ref):
 Mapping = collections.abc.Mapping  # what the encoder turns into an object
 
 
+class HostStreamError(Exception):
+    """Raised at next() of a host-fed input stream when the host's
+    iterator failed; its message is the host's error."""
+
+
 class CallCancelled(BaseException):
     """Raised into a call whose Go context was cancelled.
 

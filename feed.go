@@ -1,0 +1,230 @@
+// This file owns the host's side of calls that stream their input: the Go
+// iterator a client-streaming or bidirectional method reads as a Python
+// iterator, pulled one item at a time from C while the GIL is released.
+
+package fidius
+
+/*
+#include "fidius.h"
+*/
+import "C"
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"runtime"
+	"sync"
+	"unsafe"
+)
+
+// hostStreamErrorCode is the class name of the exception a plugin sees at
+// next() when the host's iterator fails (python/host.py).
+const hostStreamErrorCode = "HostStreamError"
+
+// feed is one call's input: the host's iterator, pulled by C. The
+// iterator runs on a goroutine of its own, started by the first pull,
+// which hands over one item per request: a coroutine (iter.Pull) cannot
+// serve here, since pulls come from threads that cgo keeps locked. Calls
+// from C may come from any thread that runs the plugin's next(), so every
+// use is under mu; after close, the feed gives the end.
+type feed struct {
+	mu      sync.Mutex
+	items   iter.Seq2[json.RawMessage, error]
+	started bool
+	done    bool          // the end, an error, or close: nothing more is pulled
+	req     chan struct{} // the next item, please
+	resp    chan feedItem
+	quit    chan struct{} // closed by close: the iterator's yield returns false
+	exited  chan struct{} // closed when the iterator has returned
+	err     error         // what the host's iterator failed with, if it did
+	id      uintptr
+}
+
+type feedItem struct {
+	item json.RawMessage
+	err  error
+	end  bool
+}
+
+// feeds maps the ids C holds to their feeds: C never holds a Go pointer,
+// and an id whose feed is gone reads as the end.
+var feeds = struct {
+	sync.Mutex
+	m    map[uintptr]*feed
+	last uintptr
+}{m: map[uintptr]*feed{}}
+
+func newFeed(items iter.Seq2[json.RawMessage, error]) *feed {
+	f := &feed{items: items, req: make(chan struct{}), resp: make(chan feedItem), quit: make(chan struct{}), exited: make(chan struct{})}
+	feeds.Lock()
+	feeds.last++
+	f.id = feeds.last
+	feeds.m[f.id] = f
+	feeds.Unlock()
+	return f
+}
+
+// produce ranges over the host's iterator, one item per request.
+func (f *feed) produce() {
+	defer close(f.exited)
+	defer func() {
+		if p := recover(); p != nil {
+			f.resp <- feedItem{err: fmt.Errorf("the host's input iterator panicked: %v", p)}
+		}
+	}()
+	for item, err := range f.items {
+		f.resp <- feedItem{item: item, err: err}
+		if err != nil {
+			return
+		}
+		select {
+		case <-f.req:
+		case <-f.quit:
+			return
+		}
+	}
+	f.resp <- feedItem{end: true}
+}
+
+// pull returns the host's next item. mu held.
+func (f *feed) pull() feedItem {
+	if !f.started {
+		f.started = true
+		go f.produce()
+	} else {
+		f.req <- struct{}{}
+	}
+	return <-f.resp
+}
+
+// close stops the host's iterator and waits for it to return, so its
+// cleanup (deferred calls, the end of a range over a channel) has run when
+// close returns, whether or not the plugin read it to the end.
+func (f *feed) close() {
+	feeds.Lock()
+	delete(feeds.m, f.id)
+	feeds.Unlock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.done {
+		f.done = true
+		close(f.quit)
+	}
+	if f.started {
+		<-f.exited
+	}
+}
+
+// failure is the host iterator's error, if it gave one.
+func (f *feed) failure() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
+}
+
+//export fidiusFeedNext
+func fidiusFeedNext(id C.uintptr_t) C.int {
+	feeds.Lock()
+	f := feeds.m[uintptr(id)]
+	feeds.Unlock()
+	if f == nil {
+		return 0
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.done {
+		return 0
+	}
+	it := f.pull()
+	switch {
+	case it.end:
+		f.done = true
+		return 0
+	case it.err != nil:
+		f.err, f.done = it.err, true
+		msg := it.err.Error()
+		C.fidius_feed_put((*C.char)(unsafe.Pointer(unsafe.StringData(msg))), C.size_t(len(msg)))
+		return -1
+	}
+	C.fidius_feed_put(bytesPtr(it.item), C.size_t(len(it.item)))
+	return 1
+}
+
+// hostError turns a plugin error that came from the host's own iterator
+// back into the host's error, so that errors.Is finds it.
+func (f *feed) hostError(m *MethodDesc, err error) error {
+	var perr *PluginError
+	if !errors.As(err, &perr) || perr.Code != hostStreamErrorCode {
+		return err
+	}
+	if herr := f.failure(); herr != nil {
+		return fmt.Errorf("method %q: the host's input stream failed: %w", m.Name, herr)
+	}
+	return fmt.Errorf("%w for method %q: %s", ErrInputDecode, m.Name, perr.Message)
+}
+
+// CallClientStream calls client-streaming method i: the plugin's method
+// gets items as an iterator, its first argument, followed by args (JSON,
+// as CallJSON's input: an array is the positional arguments, null or empty
+// none, any other value one argument). It returns the method's result as
+// JSON.
+//
+// Items are pulled lazily: each next() in Python asks items for one item,
+// with the GIL released while Go produces it, so a slow producer never
+// holds up other calls, and an unbounded iterator works. Each item must be
+// one JSON value; it converts as a typed argument. An error from items
+// reaches the plugin as a HostStreamError at its next(); if the plugin
+// lets it propagate, the call returns an error wrapping the host's error
+// (errors.Is finds it). When the call returns, items is stopped, so its
+// cleanup runs even if the plugin stopped reading early.
+//
+// items is an iter.Seq2 with an error, rather than an iter.Seq, because a
+// real producer (a file, a query, a network stream) can fail part way, and
+// the plugin should see that failure where it reads, not a short stream.
+//
+// items runs on a goroutine of its own. Once ctx ends the plugin gets no
+// more items; an items that blocks should watch ctx itself, since the
+// interrupted call cannot end before items hands over the item it is
+// producing.
+func (h *PluginHandle) CallClientStream(ctx context.Context, i int, items iter.Seq2[json.RawMessage, error], args []byte) ([]byte, error) {
+	m, err := h.method(ctx, i, clientStreamCall)
+	if err != nil {
+		return nil, err
+	}
+	f := newFeed(items)
+	out, err := h.cross(ctx, m, nil, func(ctl *C.fidius_ctl) C.fidius_result {
+		r := C.fidius_call_fed(h.slot, C.Py_ssize_t(i), C.uintptr_t(f.id), bytesPtr(args), C.size_t(len(args)), ctl)
+		runtime.KeepAlive(args)
+		f.close()
+		return r
+	})
+	return out, f.hostError(m, err)
+}
+
+// CallBidiStream calls bidirectional method i: the method gets items as
+// its first argument, as CallClientStream describes, and returns an
+// iterator whose results arrive as CallStream's do. Pulling a result runs
+// the plugin until it yields, which pulls inputs as it asks for them: a
+// method that yields one output per input never holds more than one.
+// Leaving the loop early closes the generator (its finally blocks run) and
+// then stops items. Each range over the returned iterator calls the method
+// again, with the same items.
+func (h *PluginHandle) CallBidiStream(ctx context.Context, i int, items iter.Seq2[json.RawMessage, error], args []byte) iter.Seq2[json.RawMessage, error] {
+	return func(yield func(json.RawMessage, error) bool) {
+		m, err := h.method(ctx, i, bidiCall)
+		if err != nil {
+			yield(nil, err)
+			return
+		}
+		f := newFeed(items)
+		s := &stream{h: h, m: m, in: f}
+		s.run(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
+			r := C.fidius_stream_start_fed(h.slot, C.Py_ssize_t(i), C.uintptr_t(f.id), bytesPtr(args), C.size_t(len(args)), ctl, &s.fed)
+			runtime.KeepAlive(args)
+			return r
+		}, yield)
+	}
+}
