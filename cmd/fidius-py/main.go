@@ -21,6 +21,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -32,6 +33,7 @@ import (
 	"fmt"
 	"go/format"
 	"io"
+	"iter"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -64,9 +66,10 @@ func init() {
 		fs.Bool("v", false, "on an import error, show the traceback")
 		fs.Duration("timeout", 0, "give up importing the package after this long (such as 10s); 0 waits for ever")
 	}}
-	commands["call"] = command{"[--raw|--stream] [--config JSON] [-v] [--timeout D] PATH METHOD [INPUT]", "load a package and call one of its methods", call, func(fs *flag.FlagSet) {
+	commands["call"] = command{"[--raw|--stream] [--stdin-stream] [--config JSON] [-v] [--timeout D] PATH METHOD [INPUT]", "load a package and call one of its methods", call, func(fs *flag.FlagSet) {
 		fs.Bool("raw", false, "raw-wire call: INPUT (or standard input when there is none) is passed to the method as bytes, as they are, not parsed as JSON; the result is written as bytes")
 		fs.Bool("stream", false, "streaming call, for a method that returns an iterator or generator: print each item on its own line")
+		fs.Bool("stdin-stream", false, "client-streaming call, for a method whose first argument is a stream: feed it standard input, one JSON value per line (INPUT, if given, is the other arguments); with --stream, a bidirectional call")
 		fs.String("config", "", "load the package configured: pass this JSON to the entry module's __fidius_configure__ and call the method of the object it returns")
 		fs.Bool("v", false, "on an error, show the plugin's error details and the Python traceback")
 		fs.Duration("timeout", 0, "give up loading and calling after this long in all (such as 10s); 0 waits for ever")
@@ -327,9 +330,9 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 	if err := wantArgs(args, 2, 3, "PATH METHOD [INPUT]"); err != nil {
 		return err
 	}
-	raw, stream := flagValue[bool](fs, "raw"), flagValue[bool](fs, "stream")
-	if raw && stream {
-		return usageError{"--raw and --stream do not go together"}
+	raw, stream, fed := flagValue[bool](fs, "raw"), flagValue[bool](fs, "stream"), flagValue[bool](fs, "stdin-stream")
+	if raw && (stream || fed) {
+		return usageError{"--raw goes with neither --stream nor --stdin-stream"}
 	}
 	config, configured := []byte(flagValue[string](fs, "config")), isSet(fs, "config")
 	if configured {
@@ -361,7 +364,7 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 	desc := &fidius.InterfaceDescriptor{
 		InterfaceName: r.Manifest.Package.Interface,
 		InterfaceHash: r.InterfaceHash,
-		Methods:       []fidius.MethodDesc{{Name: method, WireRaw: raw, Streaming: stream}},
+		Methods:       []fidius.MethodDesc{{Name: method, WireRaw: raw, Streaming: stream, ClientStreaming: fed}},
 	}
 	var h *fidius.PluginHandle
 	if configured {
@@ -385,6 +388,15 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 		}
 	}
 	switch {
+	case fed && stream:
+		return printItems(out, h.CallBidiStream(ctx, 0, stdinItems(), input))
+	case fed:
+		res, err := h.CallClientStream(ctx, 0, stdinItems(), input)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s\n", res)
+		return nil
 	case raw:
 		res, err := h.CallRaw(ctx, 0, input)
 		if err != nil {
@@ -393,13 +405,7 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 		_, err = out.Write(res)
 		return err
 	case stream:
-		for item, err := range h.CallStream(ctx, 0, input) {
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(out, "%s\n", item)
-		}
-		return nil
+		return printItems(out, h.CallStream(ctx, 0, input))
 	default:
 		res, err := h.CallJSON(ctx, 0, input)
 		if errors.Is(err, fidius.ErrOutputEncode) && iteratorType.MatchString(err.Error()) {
@@ -410,6 +416,43 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 		}
 		fmt.Fprintf(out, "%s\n", res)
 		return nil
+	}
+}
+
+// printItems prints each item of a stream on its own line.
+func printItems(out io.Writer, items iter.Seq2[json.RawMessage, error]) error {
+	for item, err := range items {
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s\n", item)
+	}
+	return nil
+}
+
+// stdinItems reads standard input as a stream of JSON values, one per
+// line; blank lines are skipped, and a line that is not JSON ends the
+// stream with an error naming it.
+func stdinItems() iter.Seq2[json.RawMessage, error] {
+	return func(yield func(json.RawMessage, error) bool) {
+		sc := bufio.NewScanner(os.Stdin)
+		sc.Buffer(make([]byte, 64<<10), 64<<20)
+		for n := 1; sc.Scan(); n++ {
+			line := bytes.TrimSpace(sc.Bytes())
+			if len(line) == 0 {
+				continue
+			}
+			if !json.Valid(line) {
+				yield(nil, fmt.Errorf("standard input, line %d: not a JSON value: %.60q", n, line))
+				return
+			}
+			if !yield(bytes.Clone(line), nil) {
+				return
+			}
+		}
+		if err := sc.Err(); err != nil {
+			yield(nil, fmt.Errorf("reading standard input: %w", err))
+		}
 	}
 }
 
@@ -458,6 +501,19 @@ type interfaceMethod struct {
 	Raw             bool     `toml:"raw"`
 	Streaming       bool     `toml:"streaming"`
 	ClientStreaming bool     `toml:"client_streaming"`
+	Optional        bool     `toml:"optional"`
+}
+
+// hashed returns the signatures the interface hash covers: fidius leaves
+// #[optional] methods out, so a plugin without them still matches.
+func hashed(f *interfaceFile, sigs []string) []string {
+	var out []string
+	for i, m := range f.Methods {
+		if !m.Optional {
+			out = append(out, sigs[i])
+		}
+	}
+	return out
 }
 
 // readInterface reads the --interface file and returns it with each
@@ -503,9 +559,18 @@ func hash(fs *flag.FlagSet, args []string, out io.Writer) error {
 		return usageError{"give --interface FILE.toml or signatures, not both"}
 	case isSet(fs, "interface"):
 		var err error
-		if _, sigs, err = readInterface(fs); err != nil {
+		var f *interfaceFile
+		if f, sigs, err = readInterface(fs); err != nil {
 			return err
 		}
+		if opt := slices.DeleteFunc(slices.Clone(sigs), func(s string) bool { return slices.Contains(hashed(f, sigs), s) }); len(opt) > 0 {
+			defer func() {
+				for _, s := range opt {
+					fmt.Fprintf(out, "%s (optional: not hashed)\n", s)
+				}
+			}()
+		}
+		sigs = hashed(f, sigs)
 	case len(args) == 0:
 		return usageError{"expected --interface FILE.toml or at least one SIGNATURE"}
 	default:
@@ -541,7 +606,7 @@ func stub(fs *flag.FlagSet, args []string, out io.Writer) error {
 		fmt.Fprintf(out, "    %s\n", s)
 	}
 	fmt.Fprintf(out, "\nThe host's matching descriptor: fidius-py stub --go --interface %s\n", flagValue[string](fs, "interface"))
-	fmt.Fprintf(out, "\"\"\"\n\nfrom fidius import method\n\n__interface_hash__ = 0x%016X\n", fidius.InterfaceHash(sigs...))
+	fmt.Fprintf(out, "\"\"\"\n\nfrom fidius import method\n\n__interface_hash__ = 0x%016X\n", fidius.InterfaceHash(hashed(f, sigs)...))
 	for _, m := range f.Methods {
 		params := make([]string, len(m.Args))
 		for i := range m.Args {
@@ -549,6 +614,12 @@ func stub(fs *flag.FlagSet, args []string, out io.Writer) error {
 		}
 		if m.Raw && len(params) == 1 {
 			params[0] = "data"
+		}
+		if m.ClientStreaming && len(params) > 0 {
+			params[0] = "items" // the host's stream: iterate it
+		}
+		if m.Optional {
+			fmt.Fprintf(out, "\n\n# Optional: a plugin may leave %s out.", m.Name)
 		}
 		fmt.Fprintf(out, "\n\n@method\ndef %s(%s):\n    raise NotImplementedError(%q)\n", m.Name, strings.Join(params, ", "), m.Name)
 	}
@@ -566,9 +637,13 @@ func goDescriptor(out io.Writer, f *interfaceFile, sigs []string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "// %s describes the %s interface; stubbed by fidius-py.\n", name, f.Interface)
 	fmt.Fprintf(&b, "var %s = &fidius.InterfaceDescriptor{\n\tInterfaceName: %s,\n", name, strconv.Quote(f.Interface))
-	fmt.Fprintf(&b, "\tInterfaceHash: fidius.InterfaceHash( // 0x%016X\n", fidius.InterfaceHash(sigs...))
-	for _, s := range sigs {
-		fmt.Fprintf(&b, "\t\t%s,\n", strconv.Quote(s))
+	fmt.Fprintf(&b, "\tInterfaceHash: fidius.InterfaceHash( // 0x%016X\n", fidius.InterfaceHash(hashed(f, sigs)...))
+	for i, s := range sigs {
+		if f.Methods[i].Optional {
+			fmt.Fprintf(&b, "\t\t// %s is optional: not hashed\n", strconv.Quote(s))
+		} else {
+			fmt.Fprintf(&b, "\t\t%s,\n", strconv.Quote(s))
+		}
 	}
 	b.WriteString("\t),\n\tMethods: []fidius.MethodDesc{\n")
 	for i, m := range f.Methods {
@@ -579,11 +654,13 @@ func goDescriptor(out io.Writer, f *interfaceFile, sigs []string) error {
 		if m.Streaming {
 			fields = append(fields, "Streaming: true")
 		}
-		comment := fmt.Sprintf("index %d", i)
 		if m.ClientStreaming {
-			comment += "; input streaming (<stream) is not supported by this library"
+			fields = append(fields, "ClientStreaming: true")
 		}
-		fmt.Fprintf(&b, "\t\t{%s}, // %s\n", strings.Join(fields, ", "), comment)
+		if m.Optional {
+			fields = append(fields, "Optional: true")
+		}
+		fmt.Fprintf(&b, "\t\t{%s}, // index %d\n", strings.Join(fields, ", "), i)
 	}
 	b.WriteString("\t},\n}\n")
 	src, err := format.Source([]byte(b.String()))

@@ -769,6 +769,10 @@ func descriptorFromSource(t *testing.T, src string) *fidius.InterfaceDescriptor 
 						md.WireRaw = fkv.Value.(*ast.Ident).Name == "true"
 					case "Streaming":
 						md.Streaming = fkv.Value.(*ast.Ident).Name == "true"
+					case "ClientStreaming":
+						md.ClientStreaming = fkv.Value.(*ast.Ident).Name == "true"
+					case "Optional":
+						md.Optional = fkv.Value.(*ast.Ident).Name == "true"
 					}
 				}
 				d.Methods = append(d.Methods, md)
@@ -804,5 +808,71 @@ func TestREADMEExamples(t *testing.T) {
 	want := block("fidius-py stub --go --interface greeter.toml # the host's fidius.InterfaceDescriptor\n```", "")
 	if out, errs, code := cli(t, "", "hash", "--interface", iface); code != 0 || out != want {
 		t.Errorf("hash: exit %d %q\n%s\nREADME:\n%s", code, errs, out, want)
+	}
+}
+
+// --stdin-stream feeds a client stream from standard input, one JSON value
+// per line; with --stream the call is bidirectional.
+func TestCallStdinStream(t *testing.T) {
+	pkg := writePlugin(t, "fidius_py_stdin_stream", `from fidius import method
+__interface_hash__ = 1
+
+@method
+def load(rows, start=0):
+    return start + sum(rows)
+
+@method
+def transform(rows):
+    for r in rows:
+        yield r * 2
+`)
+	if out, errs, code := cli(t, "1\n2\n\n3\n", "call", "--stdin-stream", pkg, "load"); code != 0 || out != "6\n" {
+		t.Errorf("load: exit %d, %q %q", code, out, errs)
+	}
+	if out, errs, code := cli(t, "1\n2\n", "call", pkg, "load", "10", "--stdin-stream"); code != 0 || out != "13\n" {
+		t.Errorf("load with an argument: exit %d, %q %q", code, out, errs)
+	}
+	if out, errs, code := cli(t, "1\n2\n", "call", "--stdin-stream", "--stream", pkg, "transform"); code != 0 || out != "2\n4\n" {
+		t.Errorf("transform: exit %d, %q %q", code, out, errs)
+	}
+	out, errs, code := cli(t, "1\nnot json\n", "call", "--stdin-stream", pkg, "load")
+	oneLineError(t, out, errs, code, "standard input, line 2: not a JSON value")
+}
+
+// hash and stub leave optional methods out of the hash and mark them.
+func TestOptionalMethodsInInterfaceFile(t *testing.T) {
+	iface := filepath.Join(t.TempDir(), "opt.toml")
+	os.WriteFile(iface, []byte(`interface = "Opt"
+[[methods]]
+name = "core"
+args = ["u32"]
+returns = "u32"
+[[methods]]
+name = "extra"
+returns = "String"
+optional = true
+[[methods]]
+name = "load"
+args = ["u64"]
+returns = "u64"
+client_streaming = true
+`), 0o644)
+	hashWant := fidius.InterfaceHash("core:u32->u32", "load:u64->u64<stream")
+	want := fmt.Sprintf("0x%016X\ncore:u32->u32\nload:u64->u64<stream\nextra:->String (optional: not hashed)\n", hashWant)
+	if out, errs, code := cli(t, "", "hash", "--interface", iface); code != 0 || out != want {
+		t.Errorf("hash: exit %d, %q %q; want %q", code, out, errs, want)
+	}
+	out, errs, code := cli(t, "", "stub", "--go", "--interface", iface)
+	if code != 0 {
+		t.Fatalf("stub --go: exit %d: %s", code, errs)
+	}
+	desc := descriptorFromSource(t, out)
+	if desc.InterfaceHash != hashWant || len(desc.Methods) != 3 || !desc.Methods[1].Optional || !desc.Methods[2].ClientStreaming {
+		t.Errorf("stub --go descriptor %+v from:\n%s", desc, out)
+	}
+	out, errs, code = cli(t, "", "stub", "--interface", iface)
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("__interface_hash__ = 0x%016X", hashWant)) ||
+		!strings.Contains(out, "# Optional: a plugin may leave extra out.") || !strings.Contains(out, "def load(items):") {
+		t.Errorf("stub: exit %d %s\n%s", code, errs, out)
 	}
 }
