@@ -347,6 +347,10 @@ static PyObject *enter(fidius_slot *s, Py_ssize_t i, fidius_ctl *ctl, fidius_res
 		return NULL;
 	}
 	PyObject *fn = s->tab->fns[i];
+	if (fn == NULL) {
+		r->status = FIDIUS_ABSENT; // an optional method this generation lacks
+		return NULL;
+	}
 	Py_INCREF(fn);
 	return fn;
 }

@@ -38,6 +38,9 @@ var (
 	// does not define, or defines as something that is not callable, or a
 	// descriptor method name with a NUL byte, which Python cannot look up.
 	ErrMethodNotRegistered = errors.New("method not registered")
+	// ErrMethodAbsent reports a call of an Optional method that the
+	// loaded plugin does not define (PluginHandle.Implements is false).
+	ErrMethodAbsent = errors.New("optional method not implemented by the plugin")
 	// ErrInvalidMethodIndex reports a method index outside [0, MethodCount()).
 	ErrInvalidMethodIndex = errors.New("invalid method index")
 	// ErrWireModeMismatch reports a raw method called typed, a typed method

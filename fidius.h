@@ -21,6 +21,7 @@ enum {
 	FIDIUS_OUTPUT = 4,      // return value could not be encoded; buffer holds the message
 	FIDIUS_CANCELLED = 5,   // the call was interrupted through its fidius_ctl
 	FIDIUS_END = 6,         // a stream has no more items
+	FIDIUS_ABSENT = 7,      // an optional method the plugin does not define
 };
 
 // fidius_result is returned by value so that Go passes no pointer to C.
@@ -38,7 +39,8 @@ typedef struct {
 	PyObject *obj;   // fidius_stream_start: the iterator, a new reference
 } fidius_result;
 
-// fidius_table holds one generation of a handle's Python references.
+// fidius_table holds one generation of a handle's Python references; an
+// optional method the plugin does not define is NULL.
 typedef struct {
 	Py_ssize_t n;
 	PyObject *owner;   // the module (or configured instance) the methods came from

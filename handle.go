@@ -26,9 +26,10 @@ const keepBuffer = 1 << 20
 // PluginHandle is a loaded Python plugin. Its methods are safe for use by
 // any number of goroutines at once; calls into Python take turns on the GIL.
 type PluginHandle struct {
-	plugin *plugin
-	slot   *C.fidius_slot // C memory: calls go through it, Reload and Close swap it
-	closed atomic.Bool
+	plugin  *plugin
+	slot    *C.fidius_slot // C memory: calls go through it, Reload and Close swap it
+	closed  atomic.Bool
+	present atomic.Pointer[[]bool] // which methods the loaded code defines; swapped by Reload
 }
 
 // newHandle makes the handle that calls through slot. The slot's memory
@@ -47,6 +48,15 @@ func newHandle(p *plugin, slot *C.fidius_slot) *PluginHandle {
 // its own.
 func (h *PluginHandle) Descriptor() *InterfaceDescriptor { return h.plugin.desc.clone() }
 
+// Implements reports whether the loaded plugin defines method i: always
+// true for a method that is not Optional, and for an Optional one whether
+// the plugin has it (as of the last load or reload). An index out of range
+// is false.
+func (h *PluginHandle) Implements(i int) bool {
+	p := h.present.Load()
+	return p != nil && i >= 0 && i < len(*p) && (*p)[i]
+}
+
 // MethodCount returns the number of methods, the bound on method indexes.
 func (h *PluginHandle) MethodCount() int { return len(h.plugin.desc.Methods) }
 
@@ -59,6 +69,11 @@ func (h *PluginHandle) Close() error {
 	}
 	withGIL(func() { C.fidius_slot_swap(h.slot, nil) })
 	return nil
+}
+
+func (h *PluginHandle) errAbsent(m *MethodDesc) error {
+	return fmt.Errorf("%w: method %q of interface %q is optional, and the plugin in %s does not define it",
+		ErrMethodAbsent, m.Name, h.plugin.desc.InterfaceName, h.plugin.dir)
 }
 
 func (h *PluginHandle) errClosed() error {
@@ -118,6 +133,9 @@ func (h *PluginHandle) method(ctx context.Context, i int, kind callKind) (*Metho
 	}
 	if use != "" {
 		return nil, fmt.Errorf("%w: method %q of interface %q %s", ErrWireModeMismatch, m.Name, d.InterfaceName, use)
+	}
+	if m.Optional && !h.Implements(i) {
+		return nil, h.errAbsent(m)
 	}
 	if h.closed.Load() {
 		return nil, h.errClosed()
@@ -266,6 +284,8 @@ func (h *PluginHandle) result(ctx context.Context, m *MethodDesc, r C.fidius_res
 		return out, nil
 	case C.FIDIUS_CLOSED:
 		return dst, h.errClosed()
+	case C.FIDIUS_ABSENT:
+		return dst, h.errAbsent(m)
 	case C.FIDIUS_CANCELLED:
 		return dst, h.interrupted(m, ctx)
 	case C.FIDIUS_PLUGIN:

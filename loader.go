@@ -180,6 +180,10 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, con
 			return nil, fmt.Errorf("%w: method %d (%q) of interface %q: a method name cannot contain a NUL byte",
 				ErrMethodNotRegistered, i, md.Name, desc.InterfaceName)
 		}
+		if md.ClientStreaming && md.WireRaw {
+			return nil, fmt.Errorf("%w: method %q of interface %q: a method that takes a stream of inputs is typed, not raw-wire",
+				ErrWireModeMismatch, md.Name, desc.InterfaceName)
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -196,6 +200,7 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, con
 	}
 	var (
 		tab      *C.fidius_table
+		present  []bool
 		inserted []string
 		before   *pyObject
 	)
@@ -207,7 +212,7 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, con
 		if before, err = p.modulesUnder(); err != nil {
 			return
 		}
-		tab, err = p.importTable()
+		tab, present, err = p.importTable()
 	}, func(kept bool) {
 		if err == nil && kept {
 			slot.tab = tab
@@ -237,7 +242,9 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, con
 		zap.String("package", dir),
 		zap.String("interface", p.desc.InterfaceName),
 		zap.String("entry_module", p.entry))
-	return newHandle(p, slot), nil
+	h := newHandle(p, slot)
+	h.present.Store(&present)
+	return h, nil
 }
 
 // modulesUnder returns the package's modules now in sys.modules, for
@@ -314,47 +321,53 @@ func callHelper(fn *pyObject, args ...*pyObject) {
 
 // importTable imports the entry module, checks its hash, configures it if
 // the plugin is configured, and resolves the descriptor's methods. GIL held.
-func (p *plugin) importTable() (*C.fidius_table, error) {
+func (p *plugin) importTable() (*C.fidius_table, []bool, error) {
 	mod, err := p.importEntry()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer mod.decRef()
 	if err := checkHash(mod, p.entry, p.desc); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	owner := mod
 	if p.config != nil {
 		inst, err := p.configure(mod)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		defer inst.decRef()
 		owner = inst
 	}
+	present := make([]bool, len(p.desc.Methods))
 	tab := C.fidius_table_new(C.Py_ssize_t(len(p.desc.Methods)), toC(owner))
 	if tab == nil {
 		panic("fidius: out of memory allocating a method table")
 	}
 	for i, md := range p.desc.Methods {
 		fn := owner.getAttr(md.Name)
+		if fn == nil && md.Optional {
+			clearError() // left out, as an optional method may be
+			continue
+		}
+		present[i] = true
 		if fn == nil {
 			clearError()
 			C.fidius_table_free(tab)
-			return nil, fmt.Errorf("%w: method %q of interface %q is not defined in module %q",
+			return nil, nil, fmt.Errorf("%w: method %q of interface %q is not defined in module %q",
 				ErrMethodNotRegistered, md.Name, p.desc.InterfaceName, p.entry)
 		}
 		if !fn.isCallable() {
 			what := typeName(fn)
 			fn.decRef()
 			C.fidius_table_free(tab)
-			return nil, fmt.Errorf("%w: method %q of interface %q in module %q is not callable (it is a %s)",
+			return nil, nil, fmt.Errorf("%w: method %q of interface %q in module %q is not callable (it is a %s)",
 				ErrMethodNotRegistered, md.Name, p.desc.InterfaceName, p.entry, what)
 		}
 		C.fidius_table_set(tab, C.Py_ssize_t(i), toC(fn))
 		fn.decRef()
 	}
-	return tab, nil
+	return tab, present, nil
 }
 
 // configure calls the module's __fidius_configure__ with the plugin's
@@ -534,9 +547,10 @@ func (h *PluginHandle) ReloadContext(ctx context.Context) error {
 	}
 	p := h.plugin
 	var (
-		err   error
-		saved *pyObject
-		tab   *C.fidius_table
+		err     error
+		saved   *pyObject
+		tab     *C.fidius_table
+		present []bool
 	)
 	ierr := importing(ctx, h.slot, func() {
 		dir := pyPath(p.dir)
@@ -549,11 +563,12 @@ func (h *PluginHandle) ReloadContext(ctx context.Context) error {
 			err = fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
 			return
 		}
-		tab, err = p.importTable()
+		tab, present, err = p.importTable()
 	}, func(kept bool) {
 		switch {
 		case err == nil && kept && !h.closed.Load():
 			C.fidius_slot_swap(h.slot, tab)
+			h.present.Store(&present)
 		case err == nil:
 			C.fidius_table_free(tab) // closed while importing, or the caller left
 			if !kept {

@@ -28,6 +28,19 @@ func errNoCgo(what string) error { return fmt.Errorf("%s: %w", what, ErrCgoRequi
 // Descriptor returns nil: no handle is ever loaded without cgo.
 func (h *PluginHandle) Descriptor() *InterfaceDescriptor { return nil }
 
+// Implements returns false: no handle is ever loaded without cgo.
+func (h *PluginHandle) Implements(i int) bool { return false }
+
+// CallClientStream returns ErrCgoRequired.
+func (h *PluginHandle) CallClientStream(ctx context.Context, i int, items iter.Seq2[json.RawMessage, error], args []byte) ([]byte, error) {
+	return nil, errNoCgo("calling a plugin")
+}
+
+// CallBidiStream yields ErrCgoRequired once.
+func (h *PluginHandle) CallBidiStream(ctx context.Context, i int, items iter.Seq2[json.RawMessage, error], args []byte) iter.Seq2[json.RawMessage, error] {
+	return func(yield func(json.RawMessage, error) bool) { yield(nil, errNoCgo("calling a plugin")) }
+}
+
 // MethodCount returns 0: no handle is ever loaded without cgo.
 func (h *PluginHandle) MethodCount() int { return 0 }
 
