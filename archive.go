@@ -140,6 +140,9 @@ func extract(ctx context.Context, tr *tar.Reader, dir string, compressed int64, 
 		if n > o.MaxEntries {
 			return reject(ErrArchiveTooManyEntries, "more than %d entries", o.MaxEntries)
 		}
+		if hdr.Typeflag == tar.TypeXGlobalHeader {
+			continue // metadata for the whole archive, as git archive writes: nothing to extract
+		}
 		name := hdr.Name
 		switch hdr.Typeflag {
 		case tar.TypeSymlink:

@@ -36,7 +36,7 @@ type Host struct {
 	// RequireSignature makes Load refuse a package that no trusted key
 	// has signed.
 	RequireSignature bool
-	// Options are passed to LoadPythonPlugin.
+	// Options are passed to LoadPythonPlugin, before Load's own.
 	Options []Option
 }
 
@@ -190,31 +190,55 @@ func (h *Host) FindContext(ctx context.Context, name string) (PackageInfo, error
 			return p, nil
 		}
 	}
-	nf := fmt.Errorf("%w: %q in %s", ErrPackageNotFound, name, strings.Join(h.SearchPaths, ", "))
-	if err != nil {
-		return PackageInfo{}, errors.Join(nf, err)
-	}
-	return PackageInfo{}, nf
+	return PackageInfo{}, h.notFound(name, err)
 }
 
-// Load finds the package called name and loads it with LoadPythonPlugin,
-// after checking its signature against TrustedKeys when RequireSignature
-// is set.
-func (h *Host) Load(name string, desc *InterfaceDescriptor) (*PluginHandle, error) {
-	return h.LoadContext(context.Background(), name, desc)
+// notFound is ErrPackageNotFound for name, with the problems met on the way.
+func (h *Host) notFound(name string, problems error) error {
+	nf := fmt.Errorf("%w: %q in %s", ErrPackageNotFound, name, strings.Join(h.SearchPaths, ", "))
+	if problems != nil {
+		return errors.Join(nf, problems)
+	}
+	return nf
+}
+
+// Load finds the Python package called name and loads it with
+// LoadPythonPlugin, with Options and then opts (WithConfig loads a
+// configured package), after checking its signature against TrustedKeys
+// when RequireSignature is set. Packages of other runtimes (fidius's
+// "rust" and "wasm") are passed over: a name only they have is
+// ErrNotPythonRuntime, naming the runtime.
+func (h *Host) Load(name string, desc *InterfaceDescriptor, opts ...Option) (*PluginHandle, error) {
+	return h.LoadContext(context.Background(), name, desc, opts...)
 }
 
 // LoadContext is Load under ctx, which stops unpacking archives and
 // interrupts the import as LoadPythonPluginContext describes.
-func (h *Host) LoadContext(ctx context.Context, name string, desc *InterfaceDescriptor) (*PluginHandle, error) {
-	p, err := h.FindContext(ctx, name)
-	if err != nil {
-		return nil, err
+func (h *Host) LoadContext(ctx context.Context, name string, desc *InterfaceDescriptor, opts ...Option) (*PluginHandle, error) {
+	all, err := h.PackagesContext(ctx)
+	if cerr := ctx.Err(); cerr != nil {
+		return nil, cerr
 	}
-	if h.RequireSignature {
-		if err := VerifyPackage(p.Dir, h.TrustedKeys); err != nil {
-			return nil, err
+	var other *PackageInfo
+	for i, p := range all {
+		if p.Manifest.Package.Name != name {
+			continue
 		}
+		if p.Manifest.Package.RuntimeName() != RuntimePython {
+			if other == nil {
+				other = &all[i]
+			}
+			continue
+		}
+		if h.RequireSignature {
+			if err := VerifyPackage(p.Dir, h.TrustedKeys); err != nil {
+				return nil, err
+			}
+		}
+		return LoadPythonPluginContext(ctx, p.Dir, desc, append(h.Options[:len(h.Options):len(h.Options)], opts...)...)
 	}
-	return LoadPythonPluginContext(ctx, p.Dir, desc, h.Options...)
+	if other != nil {
+		return nil, fmt.Errorf("%w: package %q in %s has runtime %q", ErrNotPythonRuntime, name, other.Dir, other.Manifest.Package.RuntimeName())
+	}
+	return nil, h.notFound(name, err)
 }

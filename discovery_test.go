@@ -150,3 +150,62 @@ func TestHostBrokenEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// fidius's rust and wasm packages share search paths with Python ones:
+// listed with their runtime, passed over by Load.
+func TestHostMixedRuntimes(t *testing.T) {
+	mod := moduleName(t)
+	sp := t.TempDir()
+	write := func(path, body string) {
+		os.MkdirAll(filepath.Dir(path), 0o755)
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(sp, "a-rust", "package.toml"), manifestFor("shared", "Greeter", "rust", ""))
+	write(filepath.Join(sp, "b-python", "package.toml"), manifestFor("shared", "Greeter", "python", mod))
+	write(filepath.Join(sp, "b-python", mod+".py"), `__interface_hash__ = 1
+def __fidius_configure__(config):
+    class Greeter:
+        def greet(self, n):
+            return config["greeting"] + ", " + n
+    return Greeter()
+def greet(n):
+    return "plain " + n
+`)
+	write(filepath.Join(sp, "c-wasm", "package.toml"), manifestFor("wasm-only", "Greeter", "wasm", "")+"\n[wasm]\ncomponent = \"plugin.wasm\"\n")
+	h := &Host{SearchPaths: []string{sp}}
+	all, err := h.List("Greeter")
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	var got []string
+	for _, p := range all {
+		got = append(got, p.Manifest.Package.Name+":"+p.Manifest.Package.RuntimeName())
+	}
+	if strings.Join(got, " ") != "shared:rust shared:python wasm-only:wasm" {
+		t.Errorf("List: %q", got)
+	}
+
+	p, err := h.Load("shared", greeterDesc)
+	if err != nil {
+		t.Fatalf("Load(shared): %v", err)
+	}
+	defer p.Close()
+	if s, err := Call[string](ctx, p, 0, "Go"); err != nil || s != "plain Go" {
+		t.Errorf("greet: %q, %v", s, err)
+	}
+	if m := p.Manifest(); m == nil || m.Package.Name != "shared" || m.Package.Version != "1.0.0" || p.Dir() != filepath.Join(sp, "b-python") {
+		t.Errorf("handle identity: %+v in %s", m, p.Dir())
+	}
+	configured, err := h.Load("shared", greeterDesc, WithConfig(map[string]string{"greeting": "Hi"}))
+	if err != nil {
+		t.Fatalf("Load(shared, WithConfig): %v", err)
+	}
+	defer configured.Close()
+	if s, err := Call[string](ctx, configured, 0, "Go"); err != nil || s != "Hi, Go" {
+		t.Errorf("configured greet: %q, %v", s, err)
+	}
+	_, err = h.Load("wasm-only", greeterDesc)
+	wantErr(t, err, ErrNotPythonRuntime, `"wasm-only"`, `runtime "wasm"`)
+}

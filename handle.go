@@ -48,6 +48,14 @@ func newHandle(p *plugin, slot *C.fidius_slot) *PluginHandle {
 // its own.
 func (h *PluginHandle) Descriptor() *InterfaceDescriptor { return h.plugin.desc.clone() }
 
+// Manifest returns the package.toml the plugin was loaded from, as read at
+// the load: the package's name, version and interface are in its Package
+// header. The caller must not change it.
+func (h *PluginHandle) Manifest() *Manifest { return h.plugin.manifest }
+
+// Dir returns the absolute package directory the plugin was loaded from.
+func (h *PluginHandle) Dir() string { return h.plugin.dir }
+
 // Implements reports whether the loaded plugin defines method i: always
 // true for a method that is not Optional, and for an Optional one whether
 // the plugin has it (as of the last load or reload). An index out of range

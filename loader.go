@@ -125,7 +125,7 @@ func newSlot(dir string) *C.fidius_slot {
 // LoadPythonPlugin runs the package's top-level code with no way to stop
 // it; LoadPythonPluginContext is the same load under a context.
 func LoadPythonPlugin(packageDir string, desc *InterfaceDescriptor, opts ...Option) (*PluginHandle, error) {
-	return load(context.Background(), packageDir, desc, nil, opts)
+	return load(context.Background(), packageDir, desc, opts)
 }
 
 // LoadPythonPluginContext is LoadPythonPlugin under ctx. Loading runs
@@ -138,7 +138,7 @@ func LoadPythonPlugin(packageDir string, desc *InterfaceDescriptor, opts ...Opti
 // Python is inside a long C function; the interrupted import finishes in
 // the background, and the next load waits for it (or for its own ctx).
 func LoadPythonPluginContext(ctx context.Context, packageDir string, desc *InterfaceDescriptor, opts ...Option) (*PluginHandle, error) {
-	return load(ctx, packageDir, desc, nil, opts)
+	return load(ctx, packageDir, desc, opts)
 }
 
 // LoadPythonPluginConfigured loads a package like LoadPythonPlugin, then
@@ -158,17 +158,20 @@ func LoadPythonPluginConfigured(packageDir string, desc *InterfaceDescriptor, co
 // ctx, which interrupts the import and __fidius_configure__ as
 // LoadPythonPluginContext describes.
 func LoadPythonPluginConfiguredContext(ctx context.Context, packageDir string, desc *InterfaceDescriptor, config any, opts ...Option) (*PluginHandle, error) {
-	b, err := marshalArg(config)
-	if err != nil {
-		return nil, fmt.Errorf("%w: config: %v", ErrInputDecode, err)
-	}
-	return load(ctx, packageDir, desc, b, opts)
+	return load(ctx, packageDir, desc, append(opts[:len(opts):len(opts)], WithConfig(config)))
 }
 
-func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, config []byte, opts []Option) (*PluginHandle, error) {
+func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, opts []Option) (*PluginHandle, error) {
 	o := loadOptions{logger: zap.NewNop()}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	var config []byte // JSON; nil for a plugin that is not configured
+	if o.hasConfig {
+		var err error
+		if config, err = marshalArg(o.config); err != nil {
+			return nil, fmt.Errorf("%w: config: %v", ErrInputDecode, err)
+		}
 	}
 	if desc == nil {
 		return nil, errors.New("fidius: nil interface descriptor")
@@ -192,7 +195,7 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, con
 	if err != nil {
 		return nil, err
 	}
-	p := &plugin{dir: dir, entry: m.Python.EntryModule, desc: desc.clone(), config: config, logger: o.logger}
+	p := &plugin{manifest: m, dir: dir, entry: m.Python.EntryModule, desc: desc.clone(), config: config, logger: o.logger}
 
 	slot := newSlot(dir)
 	if o.strict {

@@ -22,6 +22,9 @@ import (
 const (
 	RuntimeRust   = "rust"
 	RuntimePython = "python"
+	// RuntimeWasm packages (a WebAssembly component) are fidius's; this
+	// library reads and lists them, and loads only Python ones.
+	RuntimeWasm = "wasm"
 )
 
 // Manifest is a parsed package.toml.
@@ -30,6 +33,8 @@ type Manifest struct {
 	Package PackageHeader
 	// Python is the [python] section; nil for packages of another runtime.
 	Python *PythonSection
+	// Wasm is the [wasm] section of a "wasm" package; nil otherwise.
+	Wasm *WasmSection
 	// Path is the manifest file that was read.
 	Path string
 
@@ -79,6 +84,16 @@ type PythonSection struct {
 	Requirements string `toml:"requirements"`
 }
 
+// WasmSection is the [wasm] table of a fidius WebAssembly package.
+type WasmSection struct {
+	// Component is the component file inside the package directory.
+	Component string `toml:"component"`
+	// Precompiled is an optional precompiled (.cwasm) form of Component.
+	Precompiled string `toml:"precompiled"`
+	// Capabilities is the WASI capability allow-list.
+	Capabilities []string `toml:"capabilities"`
+}
+
 // RequirementsFile returns the requirements file name, "requirements.txt"
 // unless the manifest names another.
 func (p PythonSection) RequirementsFile() string {
@@ -92,6 +107,7 @@ type rawManifest struct {
 	Package  *rawHeader     `toml:"package"`
 	Metadata toml.Primitive `toml:"metadata"`
 	Python   *rawPython     `toml:"python"`
+	Wasm     *WasmSection   `toml:"wasm"`
 }
 
 // The raw forms use pointers so that a missing required key can be told
@@ -187,11 +203,21 @@ func parseManifest(path string, data []byte) (*Manifest, error) {
 		metadata: raw.Metadata,
 		meta:     md,
 	}
-	switch m.Package.RuntimeName() {
+	// A section of another runtime is refused, as fidius refuses it.
+	rt := m.Package.RuntimeName()
+	if raw.Python != nil && rt != RuntimePython {
+		return nil, bad("[python] section is only valid with runtime = %q", RuntimePython)
+	}
+	if raw.Wasm != nil && rt != RuntimeWasm {
+		return nil, bad("[wasm] section is only valid with runtime = %q", RuntimeWasm)
+	}
+	switch rt {
 	case RuntimeRust:
-		if raw.Python != nil {
-			return nil, bad("[python] section is only valid with runtime = %q", RuntimePython)
+	case RuntimeWasm:
+		if raw.Wasm == nil || raw.Wasm.Component == "" {
+			return nil, bad("runtime = %q requires a [wasm] section with component", RuntimeWasm)
 		}
+		m.Wasm = raw.Wasm
 	case RuntimePython:
 		if raw.Python == nil {
 			// Both a manifest error and its own kind, which the
@@ -206,7 +232,7 @@ func parseManifest(path string, data []byte) (*Manifest, error) {
 		}
 		m.Python = &PythonSection{EntryModule: *raw.Python.EntryModule, Requirements: deref(raw.Python.Requirements)}
 	default:
-		return nil, bad("unknown runtime %q: allowed values are %q and %q", m.Package.Runtime, RuntimeRust, RuntimePython)
+		return nil, bad("unknown runtime %q: allowed values are %q, %q and %q", m.Package.Runtime, RuntimeRust, RuntimePython, RuntimeWasm)
 	}
 	return m, nil
 }

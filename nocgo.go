@@ -28,6 +28,12 @@ func errNoCgo(what string) error { return fmt.Errorf("%s: %w", what, ErrCgoRequi
 // Descriptor returns nil: no handle is ever loaded without cgo.
 func (h *PluginHandle) Descriptor() *InterfaceDescriptor { return nil }
 
+// Manifest returns nil: no handle is ever loaded without cgo.
+func (h *PluginHandle) Manifest() *Manifest { return nil }
+
+// Dir returns "": no handle is ever loaded without cgo.
+func (h *PluginHandle) Dir() string { return "" }
+
 // Implements returns false: no handle is ever loaded without cgo.
 func (h *PluginHandle) Implements(i int) bool { return false }
 

@@ -13,8 +13,10 @@ const DefaultThreadLimit = 16
 type Option func(*loadOptions)
 
 type loadOptions struct {
-	logger *zap.Logger
-	strict bool
+	logger    *zap.Logger
+	strict    bool
+	config    any
+	hasConfig bool
 }
 
 // WithLogger sends the library's log lines to l: Info when a plugin loads
@@ -26,6 +28,14 @@ func WithLogger(l *zap.Logger) Option {
 			o.logger = l
 		}
 	}
+}
+
+// WithConfig loads the plugin configured with config, as
+// LoadPythonPluginConfigured does. It is how a configured package is
+// loaded through an API that takes options, such as Host.Load.
+// LoadPythonPluginConfigured's own config argument takes precedence.
+func WithConfig(config any) Option {
+	return func(o *loadOptions) { o.config, o.hasConfig = config, true }
 }
 
 // WithStrictValues makes a typed result (or streamed item) that has no
@@ -41,6 +51,7 @@ func WithStrictValues() Option {
 
 // plugin is what a handle needs to import its plugin again.
 type plugin struct {
+	manifest *Manifest
 	dir    string // absolute and clean
 	entry  string
 	desc   *InterfaceDescriptor

@@ -1,11 +1,13 @@
-// Command fidius-py lets Python plugin authors inspect, try, stub, sign and
-// verify a fidius package without writing a host.
+// Command fidius-py lets Python plugin authors inspect, try, stub, pack,
+// sign and verify a fidius package without writing a host.
 //
-//	fidius-py inspect [-v] PATH                  manifest, entry module, hash, methods
-//	fidius-py call [--raw|--stream] [--config JSON] [-v] PATH METHOD [INPUT]
+//	fidius-py inspect [-v] [--timeout D] PATH    manifest, entry module, hash, methods
+//	fidius-py call [--raw|--stream] [--stdin-stream] [--config JSON] [-v] [--timeout D] PATH METHOD [INPUT]
 //	fidius-py stub [--go] --interface FILE.toml  a Python module, or the Go descriptor, for an interface
 //	fidius-py hash --interface FILE.toml | SIGNATURE...
 //	                                             the interface hash and its signatures
+//	fidius-py pack [-o OUT] DIR                  a reproducible .fid archive of DIR
+//	fidius-py unpack ARCHIVE [DEST]              unpack an archive, refusing unsafe entries
 //	fidius-py digest PATH                        the package digest, hex
 //	fidius-py sign --key NAME.secret DIR         write DIR/package.sig
 //	fidius-py verify --key NAME.public PATH      check PATH's package.sig
@@ -88,6 +90,10 @@ func init() {
 	commands["verify"] = command{"--key NAME.public PATH", "check the package.sig of a package directory or archive", verify, func(fs *flag.FlagSet) {
 		fs.String("key", "", "public key file, 32 bytes (required); a NAME.secret is refused")
 	}}
+	commands["pack"] = command{"[-o OUT] DIR", "pack a package directory into a .fid archive laid out as fidius packs it, the same bytes each time", pack, func(fs *flag.FlagSet) {
+		fs.String("o", "", "the archive to write, or a directory to write NAME-VERSION.EXT into (default: the current directory)")
+	}}
+	commands["unpack"] = command{"ARCHIVE [DEST]", "unpack a .fid archive into DEST (default: the current directory), refusing unsafe entries, and print the package directory", unpack, nil}
 	commands["keygen"] = command{"[--force] NAME", "write a new key pair to NAME.secret and NAME.public", keygen, func(fs *flag.FlagSet) {
 		fs.Bool("force", false, "replace NAME.secret and NAME.public if they exist (the old secret key is lost)")
 	}}
@@ -187,7 +193,7 @@ func errorDetails(err error) string {
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: fidius-py COMMAND [ARGS]\n\nCommands:")
-	for _, name := range []string{"inspect", "call", "stub", "hash", "digest", "sign", "verify", "keygen"} {
+	for _, name := range []string{"inspect", "call", "stub", "hash", "pack", "unpack", "digest", "sign", "verify", "keygen"} {
 		fmt.Fprintf(w, "  %-8s %s\n", name, commands[name].summary)
 	}
 	fmt.Fprintln(w, "\nRun fidius-py COMMAND --help for a command's arguments, fidius-py --version for versions.")
@@ -680,6 +686,37 @@ func isIdentifier(s string) bool {
 	return s != ""
 }
 
+func pack(fs *flag.FlagSet, args []string, out io.Writer) error {
+	if err := wantArgs(args, 1, 1, "DIR"); err != nil {
+		return err
+	}
+	path, err := fidius.PackPackage(args[0], flagValue[string](fs, "o"))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "packed %s: %s\n", args[0], path)
+	if _, err := os.Stat(filepath.Join(args[0], "package.sig")); err != nil {
+		fmt.Fprintf(out, "note: %s is not signed (fidius-py sign --key NAME.secret %s, then pack again)\n", args[0], args[0])
+	}
+	return nil
+}
+
+func unpack(_ *flag.FlagSet, args []string, out io.Writer) error {
+	if err := wantArgs(args, 1, 2, "ARCHIVE [DEST]"); err != nil {
+		return err
+	}
+	dest := "."
+	if len(args) == 2 {
+		dest = args[1]
+	}
+	dir, err := fidius.UnpackPackage(args[0], dest, fidius.UnpackOptions{})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, dir)
+	return nil
+}
+
 func digest(_ *flag.FlagSet, args []string, out io.Writer) error {
 	dir, cleanup, err := onePackage(args)
 	if err != nil {
@@ -761,9 +798,9 @@ func sign(fs *flag.FlagSet, args []string, out io.Writer) error {
 		return err
 	}
 	if !st.IsDir() {
-		// package.sig lives inside the package, so signing an archive
-		// means re-packing it, which fidius-py does not do.
-		return fmt.Errorf("%s is not a directory: sign signs a package directory, writing its package.sig; to ship a signed archive, sign the directory and then pack it (fidius-py cannot sign or re-pack an archive)", args[0])
+		// package.sig lives inside the package, and covers its files:
+		// signing comes before packing.
+		return fmt.Errorf("%s is not a directory: sign signs a package directory, writing its package.sig; to ship a signed archive, sign the directory, then fidius-py pack it", args[0])
 	}
 	if err := fidius.SignPackage(args[0], ed25519.NewKeyFromSeed(seed)); err != nil {
 		return err

@@ -431,7 +431,7 @@ func TestSignRefusesArchive(t *testing.T) {
 	archive := writeArchive(t, copyExample(t))
 	before := mustRead(t, archive)
 	out, errs, code := cli(t, "", "sign", "--key", name+".secret", archive)
-	oneLineError(t, out, errs, code, archive+" is not a directory", "sign the directory and then pack it")
+	oneLineError(t, out, errs, code, archive+" is not a directory", "sign the directory, then fidius-py pack it")
 	if mustRead(t, archive) != before {
 		t.Fatal("the archive changed")
 	}
@@ -874,5 +874,45 @@ client_streaming = true
 	if code != 0 || !strings.Contains(out, fmt.Sprintf("__interface_hash__ = 0x%016X", hashWant)) ||
 		!strings.Contains(out, "# Optional: a plugin may leave extra out.") || !strings.Contains(out, "def load(items):") {
 		t.Errorf("stub: exit %d %s\n%s", code, errs, out)
+	}
+}
+
+// pack writes the same archive each time; unpack gives the package back,
+// signature and all.
+func TestPackUnpack(t *testing.T) {
+	dir := copyExample(t)
+	keys := filepath.Join(t.TempDir(), "k")
+	if _, errs, code := cli(t, "", "keygen", keys); code != 0 {
+		t.Fatal(errs)
+	}
+	out, errs, code := cli(t, "", "pack", dir, "-o", t.TempDir())
+	if code != 0 || !strings.Contains(out, "py-greeter-0.1.0.fid") || !strings.Contains(out, "is not signed") {
+		t.Fatalf("pack unsigned: exit %d %q %q", code, out, errs)
+	}
+	if _, errs, code := cli(t, "", "sign", "--key", keys+".secret", dir); code != 0 {
+		t.Fatal(errs)
+	}
+	first := filepath.Join(t.TempDir(), "a.fid")
+	second := filepath.Join(t.TempDir(), "b.fid")
+	for _, o := range []string{first, second} {
+		if out, errs, code := cli(t, "", "pack", "-o", o, dir); code != 0 || out != "packed "+dir+": "+o+"\n" {
+			t.Fatalf("pack: exit %d %q %q", code, out, errs)
+		}
+	}
+	a, _ := os.ReadFile(first)
+	b, _ := os.ReadFile(second)
+	if !bytes.Equal(a, b) {
+		t.Error("two packs of one directory differ")
+	}
+	dest := t.TempDir()
+	out, errs, code = cli(t, "", "unpack", first, dest)
+	if code != 0 || out != filepath.Join(dest, "py-greeter-0.1.0")+"\n" {
+		t.Fatalf("unpack: exit %d %q %q", code, out, errs)
+	}
+	if out, errs, code := cli(t, "", "verify", "--key", keys+".public", strings.TrimSpace(out)); code != 0 {
+		t.Errorf("verify the unpacked package: exit %d %q %q", code, out, errs)
+	}
+	if out, errs, code := cli(t, "", "verify", "--key", keys+".public", first); code != 0 || !strings.Contains(out, first) {
+		t.Errorf("verify the archive: exit %d %q %q", code, out, errs)
 	}
 }

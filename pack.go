@@ -1,0 +1,176 @@
+// This file owns packing: a package directory to a .fid archive laid out
+// as fidius's packer lays it out, byte for byte the same each time.
+
+package fidius
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/dsnet/compress/bzip2"
+)
+
+// packTime is every entry's modification time: a fixed one, so that the
+// same directory packs to the same bytes whenever and wherever it is packed.
+var packTime = time.Unix(0, 0).UTC()
+
+// PackPackage writes the package in dir as a .fid archive and returns the
+// archive's path. The layout is fidius's: one top-level directory
+// name-version/ holding every file of the package, package.sig included,
+// except those under directories named "target" or ".git" (the files the
+// package digest leaves out, less signatures), in a tar stream compressed
+// with bzip2 at its best level. Unlike fidius's packer, it writes the same
+// bytes for the same files every time: entries sorted by path, a fixed
+// modification time, owner 0, mode 0644 (0755 for executables).
+//
+// out is the archive to write; an existing directory means
+// name-version.EXT inside it (EXT is the manifest's extension, "fid" by
+// default), and "" the same in the current directory. The archive is
+// written whole or not at all. Requirements are not vendored here: run
+// pip install --target vendor/ first if the package needs it.
+//
+// A symbolic link to a file is packed as the file it points to (fidius
+// does the same, and archives may not hold links); one to a directory is
+// an error, as is a manifest that does not load.
+func PackPackage(dir, out string) (string, error) {
+	return PackPackageContext(context.Background(), dir, out)
+}
+
+// PackPackageContext is PackPackage under ctx: packing stops when ctx ends,
+// leaves no archive, and the error matches ctx.Err().
+func PackPackageContext(ctx context.Context, dir, out string) (string, error) {
+	m, err := LoadManifest(dir)
+	if err != nil {
+		return "", err
+	}
+	prefix := m.Package.Name + "-" + m.Package.Version
+	if out == "" {
+		out = "."
+	}
+	if st, err := os.Stat(out); err == nil && st.IsDir() {
+		out = filepath.Join(out, prefix+"."+m.Package.FileExtension())
+	}
+	outAbs, _ := filepath.Abs(out)
+	files, err := packFiles(dir, outAbs)
+	if err != nil {
+		return "", fmt.Errorf("%w: packing %s: %w", ErrArchive, dir, err)
+	}
+
+	tmp, err := os.CreateTemp(filepath.Dir(out), ".pack-*")
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrArchive, err)
+	}
+	defer os.Remove(tmp.Name()) // after the rename, a no-op
+	if err := packArchive(ctx, tmp, dir, prefix, files); err != nil {
+		tmp.Close()
+		if cerr := ctx.Err(); cerr != nil {
+			return "", fmt.Errorf("packing %s: %w", dir, cerr)
+		}
+		return "", fmt.Errorf("%w: packing %s: %w", ErrArchive, dir, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrArchive, err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrArchive, err)
+	}
+	if err := os.Rename(tmp.Name(), out); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrArchive, err)
+	}
+	return out, nil
+}
+
+// packFiles lists the files to pack, slash-separated and relative to
+// dir, sorted; skip is the archive being written, if it lies inside dir.
+func packFiles(dir, skip string) ([]string, error) {
+	var files []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if p != dir && (d.Name() == "target" || d.Name() == ".git") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if abs, _ := filepath.Abs(p); abs == skip {
+			return nil
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			st, err := os.Stat(p)
+			if err != nil {
+				return err
+			}
+			if st.IsDir() {
+				return fmt.Errorf("%s is a symbolic link to a directory, which an archive cannot hold", p)
+			}
+		} else if !d.Type().IsRegular() {
+			return fmt.Errorf("%s is not a regular file", p)
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		files = append(files, filepath.ToSlash(rel))
+		return nil
+	})
+	slices.Sort(files)
+	return files, err
+}
+
+func packArchive(ctx context.Context, w io.Writer, dir, prefix string, files []string) error {
+	bz, err := bzip2.NewWriter(w, &bzip2.WriterConfig{Level: bzip2.BestCompression})
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(bz)
+	for _, rel := range files {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := addFile(ctx, tw, filepath.Join(dir, filepath.FromSlash(rel)), prefix+"/"+rel); err != nil {
+			return fmt.Errorf("%s: %w", rel, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return bz.Close()
+}
+
+func addFile(ctx context.Context, tw *tar.Writer, path, name string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	mode := int64(0o644)
+	if st.Mode()&0o111 != 0 {
+		mode = 0o755
+	}
+	hdr := &tar.Header{Typeflag: tar.TypeReg, Name: name, Size: st.Size(), Mode: mode, ModTime: packTime, Format: tar.FormatPAX}
+	if len(name) <= 100 {
+		hdr.Format = tar.FormatUSTAR
+	}
+	if err := tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	n, err := io.Copy(tw, ctxReader{ctx, f})
+	if err == nil && n != st.Size() {
+		err = errors.New("the file changed size while it was packed")
+	}
+	return err
+}
