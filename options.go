@@ -52,11 +52,11 @@ func WithStrictValues() Option {
 // plugin is what a handle needs to import its plugin again.
 type plugin struct {
 	manifest *Manifest
-	dir    string // absolute and clean
-	entry  string
-	desc   *InterfaceDescriptor
-	config []byte // JSON; nil for a plugin that is not configured
-	logger *zap.Logger
+	dir      string // absolute and clean
+	entry    string
+	desc     *InterfaceDescriptor
+	config   []byte // JSON; nil for a plugin that is not configured
+	logger   *zap.Logger
 }
 
 // PackageReport is what a Python plugin package declares about itself.
