@@ -629,9 +629,11 @@ fidius_result fidius_call_fed(fidius_slot *s, Py_ssize_t i, uintptr_t feed_id, c
 	return r;
 }
 
-fidius_result fidius_stream_next(fidius_slot *s, PyObject *it, fidius_ctl *ctl) {
+fidius_result fidius_stream_next(fidius_slot *s, PyObject *it, PyObject *feed, fidius_ctl *ctl) {
 	fidius_result r = {0};
 	if (begin(s, ctl)) {
+		if (feed != NULL)
+			fidius_feed_claim(feed); // this step's thread pulls the inputs
 		run(ctl);
 		PyObject *item = PyIter_Next(it);
 		if (item != NULL) {
@@ -647,7 +649,7 @@ fidius_result fidius_stream_next(fidius_slot *s, PyObject *it, fidius_ctl *ctl) 
 	return r;
 }
 
-void fidius_stream_close(fidius_slot *s, PyObject *it, fidius_ctl *ctl) {
+void fidius_stream_close(fidius_slot *s, PyObject *it, PyObject *feed, fidius_ctl *ctl) {
 	fidius_gil_acquire();
 	if (ctl != NULL) {
 		// A cancelled stream's generator gets the grace period for its
@@ -659,7 +661,9 @@ void fidius_stream_close(fidius_slot *s, PyObject *it, fidius_ctl *ctl) {
 		if (ctl->cancelled)
 			fidius_arm(ctl, 1);
 	}
-	PyObject *close = PyObject_GetAttrString(it, "close");
+	if (feed != NULL)
+		fidius_feed_claim(feed); // finally blocks may read it
+	PyObject *close = it != NULL ? PyObject_GetAttrString(it, "close") : NULL;
 	if (close != NULL) {
 		// Runs the generator's finally blocks. What they raise has no
 		// caller left to receive it.
@@ -669,6 +673,10 @@ void fidius_stream_close(fidius_slot *s, PyObject *it, fidius_ctl *ctl) {
 	}
 	settle(ctl);
 	PyErr_Clear();
-	Py_DECREF(it);
+	Py_XDECREF(it);
+	if (feed != NULL) {
+		fidius_feed_end(feed);
+		Py_DECREF(feed);
+	}
 	fidius_gil_release();
 }

@@ -13,9 +13,11 @@ void fidius_cancel_enter(fidius_ctl *ctl);       // the call's own thread: whose
 extern PyObject *fidius_cancel_type;
 
 // Host-fed streams (feed.c), GIL held: a new feed reading Go's iterator
-// feed_id for the call ctl (may be NULL), and ending one, after which its
-// next() reaches neither Go nor the call.
+// feed_id for the call ctl (may be NULL), owned by this thread; claiming
+// it for this thread (a later step of a bidirectional stream); and ending
+// it, after which its next() reaches neither Go nor the call.
 PyObject *fidius_feed_new(uintptr_t feed_id, fidius_ctl *ctl);
+void fidius_feed_claim(PyObject *feed);
 void fidius_feed_end(PyObject *feed);
 
 // JSON codec (GIL held), used by dispatch and the loader.

@@ -336,3 +336,65 @@ func TestClientStreamSemantics(t *testing.T) {
 		wg.Wait()
 	})
 }
+
+const feedThreadSource = `
+import threading
+
+def from_thread(rows):
+    out = {}
+    def read():
+        try:
+            out["got"] = next(rows)
+        except BaseException as e:
+            out["got"] = type(e).__name__ + ": " + str(e)
+    t = threading.Thread(target=read)
+    t.start()
+    t.join()
+    return out["got"]
+
+def echo(rows):
+    for r in rows:
+        yield r
+`
+
+// Only the thread running the call may read its input: Go resumes the
+// host's iterator there. A plugin thread gets an exception, never a crash.
+func TestFeedReadFromAnotherThread(t *testing.T) {
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, time.Minute))
+		return
+	}
+	dir, d := simplePlugin(t, feedThreadSource, MethodDesc{Name: "from_thread", ClientStreaming: true},
+		MethodDesc{Name: "echo", ClientStreaming: true, Streaming: true})
+	h := mustLoad(t, dir, d)
+	out, err := h.CallClientStream(ctx, 0, items(1), nil)
+	if err != nil || string(out) != `"RuntimeError: the host's input stream can only be read by the thread running the call"` {
+		t.Errorf("next() from a plugin thread: %s, %v", out, err)
+	}
+
+	// Bidirectional streams inside one another, with calls in the loop
+	// body, under both kinds of context: each keeps its coroutine on its
+	// own thread.
+	other := clientStreamPlugin(t)
+	for _, c := range []context.Context{ctx, cancellable(t)} {
+		var got []string
+		for x, err := range h.CallBidiStream(c, 1, items(1, 2), nil) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			for y, err := range h.CallBidiStream(ctx, 1, items(10, 20), nil) {
+				if err != nil {
+					t.Fatal(err)
+				}
+				sum, err := other.CallClientStream(c, hidx(other, "total"), items(json.RawMessage(x), json.RawMessage(y)), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, string(sum))
+			}
+		}
+		if strings.Join(got, ",") != "11,21,12,22" {
+			t.Errorf("nested streams: %v", got)
+		}
+	}
+}

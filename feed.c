@@ -18,6 +18,7 @@ typedef struct {
 	fidius_ctl *ctl; // the call's control block, or NULL
 	int busy;        // a next() is waiting for Go
 	long long count; // items produced so far, for messages
+	unsigned long thread; // the thread running the call: the only one that may pull
 } feed_object;
 
 void fidius_feed_put(const char *p, size_t n) {
@@ -33,9 +34,9 @@ static PyObject *feed_next(PyObject *self) {
 		PyErr_SetString(fidius_cancel_type, "the call was cancelled");
 		return NULL;
 	}
-	if (f->busy) {
-		// The host's iterator is not safe for concurrent use.
-		PyErr_SetString(PyExc_RuntimeError, "the host's input stream is being read by another thread");
+	if (f->busy || PyThread_get_thread_ident() != f->thread) {
+		// Go resumes the host's iterator on the call's own thread only.
+		PyErr_SetString(PyExc_RuntimeError, "the host's input stream can only be read by the thread running the call");
 		return NULL;
 	}
 	f->busy = 1;
@@ -94,20 +95,25 @@ PyObject *fidius_feed_new(uintptr_t id, fidius_ctl *ctl) {
 	f->ctl = ctl;
 	f->busy = 0;
 	f->count = 0;
+	f->thread = PyThread_get_thread_ident();
 	return (PyObject *)f;
 }
 
-// fidius_feed_end detaches the feed from Go and from the call: the plugin
-// may keep the object, but its next() no longer reaches either (GIL held).
+void fidius_feed_claim(PyObject *feed) { ((feed_object *)feed)->thread = PyThread_get_thread_ident(); }
+
+// fidius_feed_end detaches the feed from Go and from the call, and has Go
+// stop the host's iterator, with the GIL released: its cleanup is Go code
+// that may take its time. The plugin may keep the object, but its next()
+// reaches neither Go nor the call any more (GIL held, on the call's
+// thread).
 void fidius_feed_end(PyObject *feed) {
 	feed_object *f = (feed_object *)feed;
+	uintptr_t id = f->id;
 	f->id = 0;
 	f->ctl = NULL;
-}
-
-void fidius_feed_close(PyObject *feed) {
-	fidius_gil_acquire();
-	fidius_feed_end(feed);
-	Py_DECREF(feed);
-	fidius_gil_release();
+	if (id != 0) {
+		PyThreadState *ts = PyEval_SaveThread();
+		fidiusFeedStop(id);
+		PyEval_RestoreThread(ts);
+	}
 }

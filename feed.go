@@ -24,23 +24,39 @@ import (
 // next() when the host's iterator fails (python/host.py).
 const hostStreamErrorCode = "HostStreamError"
 
-// feed is one call's input: the host's iterator, pulled by C. The
-// iterator runs on a goroutine of its own, started by the first pull,
-// which hands over one item per request: a coroutine (iter.Pull) cannot
-// serve here, since pulls come from threads that cgo keeps locked. Calls
-// from C may come from any thread that runs the plugin's next(), so every
-// use is under mu; after close, the feed gives the end.
+// feed is one call's input: the host's iterator, pulled by C one item at a
+// time, in one of two ways.
+//
+// Pinned, the iterator runs as a coroutine (iter.Pull2) of the one thread
+// that runs every step of the call, so a pull costs a switch, not a
+// wake-up of another thread. Go resumes a coroutine only on the thread,
+// and with the thread locking, it was made with, so the coroutine is made,
+// resumed and stopped only inside callbacks from C on that thread
+// (fidiusFeedNext, fidiusFeedStop), and C lets no other thread pull
+// (feed.c). A client stream is one crossing, always pinned; a
+// bidirectional stream under a context that cannot end keeps the caller's
+// goroutine on its thread for the stream's life.
+//
+// Otherwise (a bidirectional stream whose steps run on whichever thread
+// the hand-off to the caller finds), the iterator runs on a goroutine of
+// its own, which hands over one item per request: each pull then wakes
+// another thread, about a hundred times the cost.
 type feed struct {
-	mu      sync.Mutex
-	items   iter.Seq2[json.RawMessage, error]
+	mu     sync.Mutex
+	items  iter.Seq2[json.RawMessage, error]
+	pinned bool
+	next   func() (json.RawMessage, error, bool) // pinned: nil until the first pull
+	stop   func()
+	done   bool  // the end, an error, or stopped: nothing more is pulled
+	err    error // what the host's iterator failed with, if it did
+	id     uintptr
+
+	// Not pinned: the producing goroutine, started by the first pull.
 	started bool
-	done    bool          // the end, an error, or close: nothing more is pulled
 	req     chan struct{} // the next item, please
 	resp    chan feedItem
-	quit    chan struct{} // closed by close: the iterator's yield returns false
+	quit    chan struct{} // closed on stop: the iterator's yield returns false
 	exited  chan struct{} // closed when the iterator has returned
-	err     error         // what the host's iterator failed with, if it did
-	id      uintptr
 }
 
 type feedItem struct {
@@ -57,14 +73,73 @@ var feeds = struct {
 	last uintptr
 }{m: map[uintptr]*feed{}}
 
-func newFeed(items iter.Seq2[json.RawMessage, error]) *feed {
-	f := &feed{items: items, req: make(chan struct{}), resp: make(chan feedItem), quit: make(chan struct{}), exited: make(chan struct{})}
+func newFeed(items iter.Seq2[json.RawMessage, error], pinned bool) *feed {
+	f := &feed{items: items, pinned: pinned}
+	if !pinned {
+		f.req, f.resp, f.quit, f.exited = make(chan struct{}), make(chan feedItem), make(chan struct{}), make(chan struct{})
+	}
 	feeds.Lock()
 	feeds.last++
 	f.id = feeds.last
 	feeds.m[f.id] = f
 	feeds.Unlock()
 	return f
+}
+
+func lookupFeed(id C.uintptr_t) *feed {
+	feeds.Lock()
+	defer feeds.Unlock()
+	return feeds.m[uintptr(id)]
+}
+
+// forget drops the feed from the registry once C has ended it (which
+// stopped the host's iterator, see fidiusFeedStop) or never made it.
+func (f *feed) forget() {
+	feeds.Lock()
+	delete(feeds.m, f.id)
+	feeds.Unlock()
+}
+
+// failure is the host iterator's error, if it gave one.
+func (f *feed) failure() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
+}
+
+// finish marks the feed done and stops the host's iterator, so that its
+// cleanup (deferred calls, the end of a range over a channel) has run when
+// finish returns, whether or not the plugin read it to the end. mu held.
+func (f *feed) finish() {
+	if f.done {
+		return
+	}
+	f.done = true
+	switch {
+	case f.stop != nil:
+		f.stop()
+	case f.started:
+		close(f.quit)
+		<-f.exited
+	}
+}
+
+// pull returns the host's next item. mu held.
+func (f *feed) pull() feedItem {
+	if f.pinned {
+		if f.next == nil {
+			f.next, f.stop = iter.Pull2(f.items)
+		}
+		item, err, ok := f.next()
+		return feedItem{item: item, err: err, end: !ok}
+	}
+	if !f.started {
+		f.started = true
+		go f.produce()
+	} else {
+		f.req <- struct{}{}
+	}
+	return <-f.resp
 }
 
 // produce ranges over the host's iterator, one item per request.
@@ -89,47 +164,9 @@ func (f *feed) produce() {
 	f.resp <- feedItem{end: true}
 }
 
-// pull returns the host's next item. mu held.
-func (f *feed) pull() feedItem {
-	if !f.started {
-		f.started = true
-		go f.produce()
-	} else {
-		f.req <- struct{}{}
-	}
-	return <-f.resp
-}
-
-// close stops the host's iterator and waits for it to return, so its
-// cleanup (deferred calls, the end of a range over a channel) has run when
-// close returns, whether or not the plugin read it to the end.
-func (f *feed) close() {
-	feeds.Lock()
-	delete(feeds.m, f.id)
-	feeds.Unlock()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if !f.done {
-		f.done = true
-		close(f.quit)
-	}
-	if f.started {
-		<-f.exited
-	}
-}
-
-// failure is the host iterator's error, if it gave one.
-func (f *feed) failure() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.err
-}
-
 //export fidiusFeedNext
-func fidiusFeedNext(id C.uintptr_t) C.int {
-	feeds.Lock()
-	f := feeds.m[uintptr(id)]
-	feeds.Unlock()
+func fidiusFeedNext(id C.uintptr_t) (status C.int) {
+	f := lookupFeed(id)
 	if f == nil {
 		return 0
 	}
@@ -138,19 +175,39 @@ func fidiusFeedNext(id C.uintptr_t) C.int {
 	if f.done {
 		return 0
 	}
-	it := f.pull()
-	switch {
-	case it.end:
-		f.done = true
-		return 0
-	case it.err != nil:
-		f.err, f.done = it.err, true
-		msg := it.err.Error()
+	fail := func(err error) C.int {
+		f.err = err
+		f.finish()
+		msg := err.Error()
 		C.fidius_feed_put((*C.char)(unsafe.Pointer(unsafe.StringData(msg))), C.size_t(len(msg)))
 		return -1
 	}
+	defer func() {
+		// A panic must not unwind through C: it becomes the host's error.
+		if p := recover(); p != nil {
+			status = fail(fmt.Errorf("the host's input iterator panicked: %v", p))
+		}
+	}()
+	it := f.pull()
+	switch {
+	case it.end:
+		f.finish()
+		return 0
+	case it.err != nil:
+		return fail(it.err)
+	}
 	C.fidius_feed_put(bytesPtr(it.item), C.size_t(len(it.item)))
 	return 1
+}
+
+//export fidiusFeedStop
+func fidiusFeedStop(id C.uintptr_t) {
+	if f := lookupFeed(id); f != nil {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		defer func() { recover() }() // a panic in the iterator's cleanup has nowhere to go
+		f.finish()
+	}
 }
 
 // hostError turns a plugin error that came from the host's own iterator
@@ -185,20 +242,22 @@ func (f *feed) hostError(m *MethodDesc, err error) error {
 // real producer (a file, a query, a network stream) can fail part way, and
 // the plugin should see that failure where it reads, not a short stream.
 //
-// items runs on a goroutine of its own. Once ctx ends the plugin gets no
-// more items; an items that blocks should watch ctx itself, since the
-// interrupted call cannot end before items hands over the item it is
-// producing.
+// items runs on the thread that runs the call, as a coroutine, and only
+// that thread may read the stream: a plugin thread that calls next() on it
+// gets a RuntimeError. Each item costs about one and a half times an item
+// of CallStream. Once ctx ends the plugin gets no more items; an
+// items that blocks should watch ctx itself, since the interrupted call
+// cannot end before items hands over the item it is producing.
 func (h *PluginHandle) CallClientStream(ctx context.Context, i int, items iter.Seq2[json.RawMessage, error], args []byte) ([]byte, error) {
 	m, err := h.method(ctx, i, clientStreamCall)
 	if err != nil {
 		return nil, err
 	}
-	f := newFeed(items)
+	f := newFeed(items, true) // one crossing: one thread
 	out, err := h.cross(ctx, m, nil, func(ctl *C.fidius_ctl) C.fidius_result {
 		r := C.fidius_call_fed(h.slot, C.Py_ssize_t(i), C.uintptr_t(f.id), bytesPtr(args), C.size_t(len(args)), ctl)
 		runtime.KeepAlive(args)
-		f.close()
+		f.forget()
 		return r
 	})
 	return out, f.hostError(m, err)
@@ -212,6 +271,12 @@ func (h *PluginHandle) CallClientStream(ctx context.Context, i int, items iter.S
 // Leaving the loop early closes the generator (its finally blocks run) and
 // then stops items. Each range over the returned iterator calls the method
 // again, with the same items.
+//
+// Under a context that cannot end, the loop keeps its goroutine on one OS
+// thread while it runs, and items runs as a coroutine of that thread, as
+// for CallClientStream. Under a context that can end, steps may run on
+// different threads, so items runs on a goroutine of its own, and each
+// input costs a hand-off between threads (tens of microseconds here).
 func (h *PluginHandle) CallBidiStream(ctx context.Context, i int, items iter.Seq2[json.RawMessage, error], args []byte) iter.Seq2[json.RawMessage, error] {
 	return func(yield func(json.RawMessage, error) bool) {
 		m, err := h.method(ctx, i, bidiCall)
@@ -219,7 +284,13 @@ func (h *PluginHandle) CallBidiStream(ctx context.Context, i int, items iter.Seq
 			yield(nil, err)
 			return
 		}
-		f := newFeed(items)
+		pinned := ctx.Done() == nil
+		if pinned {
+			// Every step on this goroutine's thread: see feed.
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+		}
+		f := newFeed(items, pinned)
 		s := &stream{h: h, m: m, in: f}
 		s.run(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
 			r := C.fidius_stream_start_fed(h.slot, C.Py_ssize_t(i), C.uintptr_t(f.id), bytesPtr(args), C.size_t(len(args)), ctl, &s.fed)

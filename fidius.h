@@ -112,24 +112,25 @@ void fidius_trim_buffer(void);       // no GIL needed
 
 // Streams: start calls the method and takes an iterator of its result;
 // next encodes one item (FIDIUS_END after the last); close calls the
-// iterator's close() if it has one and releases it.
+// iterator's close() if it has one and releases it, then ends and
+// releases the feed of a bidirectional stream. it or feed may be NULL.
 fidius_result fidius_stream_start(fidius_slot *s, Py_ssize_t i, const char *in, size_t n, fidius_ctl *ctl);
-fidius_result fidius_stream_next(fidius_slot *s, PyObject *it, fidius_ctl *ctl);
-void fidius_stream_close(fidius_slot *s, PyObject *it, fidius_ctl *ctl);
+fidius_result fidius_stream_next(fidius_slot *s, PyObject *it, PyObject *feed, fidius_ctl *ctl);
+void fidius_stream_close(fidius_slot *s, PyObject *it, PyObject *feed, fidius_ctl *ctl);
 
 // Host-fed streams (feed.c, bridge.c). A client-streaming or bidirectional
 // method gets, before its JSON arguments, an iterator whose next() calls
 // Go's fidiusFeedNext(feed_id) with the GIL released; Go answers with
 // fidius_feed_put (the item's JSON, or the host's error message) and 1
-// (an item), 0 (the end) or -1 (an error). fidius_call_fed makes the feed,
-// calls the method, ends the feed and encodes the result, in one
+// (an item), 0 (the end) or -1 (an error). Ending a feed calls Go's
+// fidiusFeedStop(feed_id), on the same thread. fidius_call_fed makes the
+// feed, calls the method, ends the feed and encodes the result, in one
 // crossing. fidius_stream_start_fed starts a bidirectional call and hands
-// the feed to Go in *feed, which ends it with fidius_feed_close (takes the
-// GIL) once the stream is closed.
+// the feed to Go in *feed, to pass to each fidius_stream_next and to
+// fidius_stream_close, which ends it.
 fidius_result fidius_call_fed(fidius_slot *s, Py_ssize_t i, uintptr_t feed_id, const char *in, size_t n, fidius_ctl *ctl);
 fidius_result fidius_stream_start_fed(fidius_slot *s, Py_ssize_t i, uintptr_t feed_id, const char *in, size_t n, fidius_ctl *ctl, PyObject **feed);
 void fidius_feed_put(const char *p, size_t n);
-void fidius_feed_close(PyObject *feed);
 int fidius_feed_init(PyObject *host_stream_error);   // GIL held, once at start-up
 
 // Cancellation (cancel.c). fidius_interrupt marks ctl's call cancelled and,

@@ -253,7 +253,7 @@ func discard(r C.fidius_result) {
 		C.fidius_release_pending()
 	}
 	if r.obj != nil {
-		C.fidius_stream_close(nil, r.obj, nil)
+		C.fidius_stream_close(nil, r.obj, nil, nil)
 	}
 	trimBuffer(r)
 }

@@ -95,7 +95,7 @@ func (s *stream) run(ctx context.Context, start func(*C.fidius_ctl) C.fidius_res
 			end  bool
 		)
 		if !s.step(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
-			return C.fidius_stream_next(h.slot, s.it, ctl)
+			return C.fidius_stream_next(h.slot, s.it, s.fed, ctl)
 		}, func(r C.fidius_result) {
 			if end = r.status == C.FIDIUS_END; !end {
 				item, err = h.result(ctx, m, r, nil)
@@ -164,26 +164,23 @@ func (s *stream) close(ctx context.Context) {
 	}
 }
 
-// finish closes the iterator, if there is one, and frees the control block.
+// finish closes the iterator and the input feed, if there are any, and
+// frees the control block.
 func (s *stream) finish() {
-	if s.it != nil {
+	if s.it != nil || s.fed != nil {
 		var ctl *C.fidius_ctl
 		if s.c != nil {
 			ctl = s.c.ctl
 		}
 		gate.enter(nil)
 		runtime.LockOSThread()
-		C.fidius_stream_close(s.h.slot, s.it, ctl)
+		C.fidius_stream_close(s.h.slot, s.it, s.fed, ctl)
 		runtime.UnlockOSThread()
 		gate.leave()
-		s.it = nil
-	}
-	if s.fed != nil {
-		C.fidius_feed_close(s.fed) // after the generator's finally blocks, which may read it
-		s.fed = nil
+		s.it, s.fed = nil, nil
 	}
 	if s.in != nil {
-		s.in.close()
+		s.in.forget()
 	}
 	if s.c != nil {
 		s.c.free()

@@ -54,6 +54,9 @@ var desc = &fidius.InterfaceDescriptor{
 		{Name: "echo", WireRaw: true},
 		{Name: "allocated_blocks"},
 		{Name: "crunch"},
+		{Name: "count", Streaming: true},
+		{Name: "total", ClientStreaming: true},
+		{Name: "double", Streaming: true, ClientStreaming: true},
 	},
 }
 
@@ -63,6 +66,9 @@ const (
 	mEcho
 	mBlocks
 	mCrunch
+	mCount
+	mTotal
+	mDouble
 )
 
 var seconds = flag.Float64("seconds", 1, "time spent measuring each row")
@@ -139,10 +145,72 @@ func run(dir, pluginDir string) error {
 		}
 	}
 	printTable(rows, floor, sub)
+	if err := streams(ctx, cctx, h); err != nil {
+		return err
+	}
 	checkTargets(rows, floor, sub)
 	if !*skipRSS {
 		return memoryGrowth(ctx, h)
 	}
+	return nil
+}
+
+// streams times streams of 10,000 small items each way, per item.
+func streams(ctx, cctx context.Context, h *fidius.PluginHandle) error {
+	const n = 10000
+	items := func(yield func(json.RawMessage, error) bool) {
+		for i := range n {
+			if !yield(json.RawMessage(strconv.Itoa(i)), nil) {
+				return
+			}
+		}
+	}
+	drain := func(seq func(func(json.RawMessage, error) bool)) error {
+		got := 0
+		for _, err := range seq {
+			if err != nil {
+				return err
+			}
+			got++
+		}
+		if got != n {
+			return fmt.Errorf("%d items, want %d", got, n)
+		}
+		return nil
+	}
+	countIn := []byte(strconv.Itoa(n))
+	cases := []struct {
+		name string
+		fn   func() error
+	}{
+		{"server stream · CallStream", func() error { return drain(h.CallStream(ctx, mCount, countIn)) }},
+		{"client stream · CallClientStream", func() error {
+			_, err := h.CallClientStream(ctx, mTotal, items, nil)
+			return err
+		}},
+		{"client stream · CallClientStream, cancellable ctx", func() error {
+			_, err := h.CallClientStream(cctx, mTotal, items, nil)
+			return err
+		}},
+		{"bidirectional · CallBidiStream", func() error { return drain(h.CallBidiStream(ctx, mDouble, items, nil)) }},
+		{"bidirectional · CallBidiStream, cancellable ctx", func() error { return drain(h.CallBidiStream(cctx, mDouble, items, nil)) }},
+	}
+	fmt.Printf("Streams of %d small items (ints), one goroutine:\n\n", n)
+	fmt.Println("| stream | ns/item | ÷ server stream |")
+	fmt.Println("|---|--:|--:|")
+	var server float64
+	for i, c := range cases {
+		perCall, err := measure(1, func() func() error { return c.fn })
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.name, err)
+		}
+		perItem := perCall / n
+		if i == 0 {
+			server = perItem
+		}
+		fmt.Printf("| %s | %.0f | %.2fx |\n", c.name, perItem, perItem/server)
+	}
+	fmt.Println()
 	return nil
 }
 

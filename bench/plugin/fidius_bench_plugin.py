@@ -29,3 +29,23 @@ def crunch(n):
 def allocated_blocks():
     gc.collect()
     return sys.getallocatedblocks()
+
+
+def count(n):
+    """Server stream: n small items."""
+    for i in range(n):
+        yield i
+
+
+def total(rows):
+    """Client stream: reads every item the host sends."""
+    t = 0
+    for r in rows:
+        t += r
+    return t
+
+
+def double(rows):
+    """Bidirectional: one output per input."""
+    for r in rows:
+        yield r * 2
