@@ -223,12 +223,14 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, con
 			slot = nil
 		}
 	})
+	if ierr != nil {
+		// Nothing f sets may be read: an abandoned import is still
+		// running in the background.
+		return nil, fmt.Errorf("loading package %s: %w", dir, ierr)
+	}
 	// Logged after the GIL is released: a logger's sink may block.
 	for _, path := range inserted {
 		p.logger.Debug("prepended to sys.path", zap.String("path", path))
-	}
-	if ierr != nil {
-		return nil, fmt.Errorf("loading package %s: %w", dir, ierr)
 	}
 	if err != nil {
 		return nil, err
@@ -556,7 +558,8 @@ func (h *PluginHandle) ReloadContext(ctx context.Context) error {
 			C.fidius_slot_swap(h.slot, tab)
 		case err == nil:
 			C.fidius_table_free(tab) // closed while importing, or the caller left
-			if !kept {
+			// saved is nil when the caller left before anything ran.
+			if !kept && saved != nil {
 				p.restoreModules(saved)
 			}
 		case saved != nil:
