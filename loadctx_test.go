@@ -182,3 +182,37 @@ func TestReloadAbandonedBeforeItStarts(t *testing.T) {
 func pyQuote(s string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
+
+// Loads and inspections that give up waiting for the import turn (or for
+// a thread) free the slot they made.
+func TestLoadWaitersFreeTheirSlots(t *testing.T) {
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, 2*time.Minute))
+		return
+	}
+	sleepy, sd := simplePlugin(t, "import time\ntime.sleep(600)\n", MethodDesc{Name: "value"})
+	dir, d := simplePlugin(t, "def value():\n    return 1\n", MethodDesc{Name: "value"})
+	go LoadPythonPluginContext(ctx, sleepy, sd) // holds the turn, sleeping in C
+	time.Sleep(200 * time.Millisecond)
+	before := liveSlots.Load()
+	for i := 0; i < 200; i++ {
+		c, cancel := context.WithTimeout(ctx, time.Millisecond)
+		_, err := LoadPythonPluginContext(c, dir, d)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("load %d: %v", i, err)
+		}
+		cancel()
+		c, cancel = context.WithTimeout(ctx, time.Millisecond)
+		_, err = InspectPythonPackageContext(c, dir)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("inspect %d: %v", i, err)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); liveSlots.Load() != before; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d slots of loads that gave up are never freed", liveSlots.Load()-before)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
