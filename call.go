@@ -24,8 +24,11 @@ var argBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &
 // encoding/json would encode them, except that a Go float (float64,
 // float32, and types of those kinds, anywhere in an argument) always
 // arrives as a Python float: float64(2) is sent as 2.0, not 2, as
-// fidius's Rust host sends it (a struct that embeds an unexported struct
-// type is the exception: it is encoded by encoding/json alone). Arguments that do not encode match
+// fidius's Rust host sends it. The exceptions, encoded by encoding/json
+// alone: a struct that embeds an unexported struct type, the inner
+// occurrences of a type that contains itself (the children of a tree
+// node), and a field with the ",string" option, which stays a string.
+// Arguments that do not encode (a value that contains itself) match
 // ErrInputDecode, and a result that does not decode into Out matches
 // ErrOutputEncode.
 func Call[Out any](ctx context.Context, h *PluginHandle, i int, args ...any) (Out, error) {

@@ -11,8 +11,11 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"unsafe"
 )
 
 // pyFloat and pyFloat32 stand in for float kinds while a value is encoded.
@@ -62,7 +65,7 @@ func appendPyFloat(buf []byte, f float64, bits int) ([]byte, error) {
 // anywhere inside it (struct fields, slices, maps, pointers, interfaces)
 // keep a fraction. Values whose type holds no float and no interface are
 // handed to encoding/json as they are.
-func marshalArg(v any) ([]byte, error) {
+func marshalArg(v any) (b []byte, err error) {
 	if v == nil {
 		return json.Marshal(v)
 	}
@@ -71,7 +74,16 @@ func marshalArg(v any) ([]byte, error) {
 	if !s.dynamic && s.typ == rv.Type() {
 		return json.Marshal(v)
 	}
-	return json.Marshal(s.convert(rv).Interface())
+	defer func() {
+		if r := recover(); r != nil {
+			c, ok := r.(cycleError)
+			if !ok {
+				panic(r)
+			}
+			b, err = nil, &json.UnsupportedValueError{Value: c.v, Str: "encountered a cycle via " + c.v.Type().String()}
+		}
+	}()
+	return json.Marshal(s.convert(rv, &walk{}).Interface())
 }
 
 // shadow is the type a value is converted to before encoding: the same
@@ -82,6 +94,7 @@ type shadow struct {
 	elem    *shadow // of a pointer's, slice's, array's or map's elements
 	fields  []int   // a struct's fields that encoding/json sees
 	shadows []*shadow
+	sfields []reflect.StructField // a struct's shadow fields, for plain
 }
 
 var shadows sync.Map // reflect.Type -> *shadow
@@ -95,31 +108,40 @@ func shadowOf(t reflect.Type) *shadow {
 	if s, ok := shadows.Load(t); ok {
 		return s.(*shadow)
 	}
-	return shadowIn(t, map[reflect.Type]bool{})
-}
-
-// shadowIn is shadowOf for a type met while building the shadows of the
-// types in building. A type that contains itself keeps its own type from
-// the inner occurrence on: its floats there are encoded by encoding/json.
-func shadowIn(t reflect.Type, building map[reflect.Type]bool) *shadow {
-	if s, ok := shadows.Load(t); ok {
-		return s.(*shadow)
-	}
-	if building[t] {
-		return &shadow{typ: t}
-	}
-	building[t] = true
-	s := makeShadow(t, building)
-	delete(building, t)
-	shadows.Store(t, s)
+	s, _ := shadowIn(t, map[reflect.Type]int{})
 	return s
 }
 
-func makeShadow(t reflect.Type, building map[reflect.Type]bool) (s *shadow) {
-	s = &shadow{typ: t}
+// shadowIn is shadowOf for a type met while building the shadows of the
+// types in building, each with its depth. A type that contains itself
+// keeps its own type from the inner occurrence on: its floats there are
+// encoded by encoding/json. cut is the depth of the outermost type in
+// building where s stopped so; a shadow that stopped at a type enclosing
+// its own is incomplete and is not kept: met on its own, that type gets
+// its full shadow.
+func shadowIn(t reflect.Type, building map[reflect.Type]int) (s *shadow, cut int) {
+	if s, ok := shadows.Load(t); ok {
+		return s.(*shadow), math.MaxInt
+	}
+	if d, ok := building[t]; ok {
+		return &shadow{typ: t}, d
+	}
+	d := len(building)
+	building[t] = d
+	s, cut = makeShadow(t, building)
+	delete(building, t)
+	if cut >= d {
+		shadows.Store(t, s)
+		cut = math.MaxInt
+	}
+	return s, cut
+}
+
+func makeShadow(t reflect.Type, building map[reflect.Type]int) (s *shadow, cut int) {
+	s, cut = &shadow{typ: t}, math.MaxInt
 	if t.Implements(jsonMarshaler) || t.Implements(textMarshaler) ||
 		reflect.PointerTo(t).Implements(jsonMarshaler) || reflect.PointerTo(t).Implements(textMarshaler) {
-		return s // the type says how it is encoded
+		return s, cut // the type says how it is encoded
 	}
 	defer func() {
 		// reflect cannot build every shape (some embedded fields): such a
@@ -128,6 +150,11 @@ func makeShadow(t reflect.Type, building map[reflect.Type]bool) (s *shadow) {
 			s = &shadow{typ: t}
 		}
 	}()
+	elem := func(e reflect.Type) *shadow {
+		es, c := shadowIn(e, building)
+		cut = min(cut, c)
+		return es
+	}
 	switch t.Kind() {
 	case reflect.Float64:
 		s.typ = reflect.TypeFor[pyFloat]()
@@ -136,13 +163,13 @@ func makeShadow(t reflect.Type, building map[reflect.Type]bool) (s *shadow) {
 	case reflect.Interface:
 		s.dynamic = true
 	case reflect.Pointer:
-		e := shadowIn(t.Elem(), building)
+		e := elem(t.Elem())
 		s.elem, s.dynamic = e, e.dynamic
 		if e.typ != t.Elem() {
 			s.typ = reflect.PointerTo(e.typ)
 		}
 	case reflect.Slice, reflect.Array:
-		e := shadowIn(t.Elem(), building)
+		e := elem(t.Elem())
 		s.elem, s.dynamic = e, e.dynamic
 		if e.typ != t.Elem() {
 			if t.Kind() == reflect.Slice {
@@ -152,35 +179,146 @@ func makeShadow(t reflect.Type, building map[reflect.Type]bool) (s *shadow) {
 			}
 		}
 	case reflect.Map:
-		e := shadowIn(t.Elem(), building)
+		e := elem(t.Elem())
 		s.elem, s.dynamic = e, e.dynamic
 		if e.typ != t.Elem() {
 			s.typ = reflect.MapOf(t.Key(), e.typ)
 		}
 	case reflect.Struct:
-		var fields []reflect.StructField
 		changed := false
 		for i := range t.NumField() {
 			f := t.Field(i)
-			if !f.IsExported() && !f.Anonymous {
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer && ft.Name() == "" {
+				ft = ft.Elem()
+			}
+			if f.Anonymous && ft.Kind() != reflect.Struct {
+				if !f.IsExported() {
+					continue // encoding/json ignores it
+				}
+				// encoding/json sees a field named after the type;
+				// embedded, pyFloat's MarshalJSON would be promoted and
+				// encode the whole struct.
+				f.Anonymous = false
+			} else if !f.IsExported() && !f.Anonymous {
 				continue // encoding/json never sees it
 			}
-			e := shadowIn(f.Type, building)
+			var e *shadow
+			if quoted(f.Tag, ft) {
+				e = &shadow{typ: f.Type} // ",string": encoding/json writes the number as a string
+			} else {
+				e = elem(f.Type)
+			}
 			s.dynamic = s.dynamic || e.dynamic
 			changed = changed || e.typ != f.Type
-			fields = append(fields, reflect.StructField{Name: f.Name, Type: e.typ, Tag: f.Tag, Anonymous: f.Anonymous})
+			s.sfields = append(s.sfields, reflect.StructField{Name: f.Name, Type: e.typ, Tag: f.Tag, Anonymous: f.Anonymous})
 			s.fields = append(s.fields, i)
 			s.shadows = append(s.shadows, e)
 		}
 		if changed || s.dynamic {
+			fields := slices.Clone(s.sfields)
+			for j, f := range fields {
+				if f.Anonymous && hasMethods(f.Type) {
+					// reflect.StructOf promotes an embedded type's
+					// methods only for a first field, and panics
+					// otherwise: a copy without methods encodes the same.
+					s.shadows[j] = s.shadows[j].plain()
+					fields[j].Type = s.shadows[j].typ
+				}
+			}
 			s.typ = reflect.StructOf(fields)
 		}
 	}
-	return s
+	return s, cut
+}
+
+// quoted reports whether encoding/json writes the field as a JSON string
+// (the ",string" option on a float).
+func quoted(tag reflect.StructTag, ft reflect.Type) bool {
+	_, opts, _ := strings.Cut(tag.Get("json"), ",")
+	for opts != "" {
+		var o string
+		o, opts, _ = strings.Cut(opts, ",")
+		if o == "string" {
+			return ft.Kind() == reflect.Float64 || ft.Kind() == reflect.Float32
+		}
+	}
+	return false
+}
+
+func hasMethods(t reflect.Type) bool {
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	return reflect.PointerTo(t).NumMethod() > 0
+}
+
+// plain returns s for a struct (or a pointer to one) as a struct type
+// without methods, the same to encoding/json.
+func (s *shadow) plain() *shadow {
+	if s.typ.Kind() == reflect.Pointer {
+		if s.elem == nil || s.elem.sfields == nil {
+			return s
+		}
+		e := s.elem.plain()
+		return &shadow{typ: reflect.PointerTo(e.typ), dynamic: e.dynamic, elem: e}
+	}
+	if s.sfields == nil {
+		return s // the type encodes itself: its methods are the point
+	}
+	c := *s
+	c.typ = reflect.StructOf(s.sfields)
+	return &c
+}
+
+// walk is the state of one convert: how deep it is, and past
+// startCycleCheck levels the containers on its path, to refuse a value
+// that contains itself as encoding/json does.
+type walk struct {
+	depth int
+	path  map[pathKey]bool
+}
+
+type pathKey struct {
+	p unsafe.Pointer
+	n int
+	t reflect.Type
+}
+
+const startCycleCheck = 1000
+
+// cycleError is how convert gives up on a value that contains itself.
+type cycleError struct{ v reflect.Value }
+
+// enter records a pointer, slice or map on the path; leave takes it off.
+func (w *walk) enter(v reflect.Value) pathKey {
+	w.depth++
+	if w.depth <= startCycleCheck {
+		return pathKey{}
+	}
+	k := pathKey{p: v.UnsafePointer(), t: v.Type()}
+	if v.Kind() == reflect.Slice {
+		k.n = v.Len()
+	}
+	if w.path == nil {
+		w.path = map[pathKey]bool{}
+	}
+	if w.path[k] {
+		panic(cycleError{v})
+	}
+	w.path[k] = true
+	return k
+}
+
+func (w *walk) leave(k pathKey) {
+	w.depth--
+	if k.t != nil {
+		delete(w.path, k)
+	}
 }
 
 // convert returns v as a value of the shadow type.
-func (s *shadow) convert(v reflect.Value) reflect.Value {
+func (s *shadow) convert(v reflect.Value, w *walk) reflect.Value {
 	if !s.dynamic && s.typ == v.Type() {
 		return v
 	}
@@ -192,7 +330,7 @@ func (s *shadow) convert(v reflect.Value) reflect.Value {
 			return v
 		}
 		e := v.Elem()
-		if r := shadowOf(e.Type()).convert(e); r.Type().AssignableTo(v.Type()) {
+		if r := shadowOf(e.Type()).convert(e, w); r.Type().AssignableTo(v.Type()) {
 			return r
 		}
 		return e
@@ -200,8 +338,9 @@ func (s *shadow) convert(v reflect.Value) reflect.Value {
 		if v.IsNil() {
 			return reflect.Zero(s.typ)
 		}
+		defer w.leave(w.enter(v))
 		p := reflect.New(s.typ.Elem())
-		p.Elem().Set(s.elem.convert(v.Elem()))
+		p.Elem().Set(s.elem.convert(v.Elem(), w))
 		return p
 	case reflect.Slice, reflect.Array:
 		var out reflect.Value
@@ -209,21 +348,23 @@ func (s *shadow) convert(v reflect.Value) reflect.Value {
 			if v.IsNil() {
 				return reflect.Zero(s.typ)
 			}
+			defer w.leave(w.enter(v))
 			out = reflect.MakeSlice(s.typ, v.Len(), v.Len())
 		} else {
 			out = reflect.New(s.typ).Elem()
 		}
 		for i := range v.Len() {
-			out.Index(i).Set(s.elem.convert(v.Index(i)))
+			out.Index(i).Set(s.elem.convert(v.Index(i), w))
 		}
 		return out
 	case reflect.Map:
 		if v.IsNil() {
 			return reflect.Zero(s.typ)
 		}
+		defer w.leave(w.enter(v))
 		out := reflect.MakeMapWithSize(s.typ, v.Len())
 		for it := v.MapRange(); it.Next(); {
-			out.SetMapIndex(it.Key(), s.elem.convert(it.Value()))
+			out.SetMapIndex(it.Key(), s.elem.convert(it.Value(), w))
 		}
 		return out
 	case reflect.Struct:
@@ -233,7 +374,7 @@ func (s *shadow) convert(v reflect.Value) reflect.Value {
 			if !f.CanInterface() {
 				return v // an unexported embedded struct: left as it is
 			}
-			out.Field(j).Set(s.shadows[j].convert(f))
+			out.Field(j).Set(s.shadows[j].convert(f, w))
 		}
 		return out
 	}

@@ -3,7 +3,12 @@
 package fidius
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
 	"math"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -74,6 +79,151 @@ def kinds(*args):
 	wantErr(t, err, ErrInputDecode, "unsupported value")
 	_, err = Call[any](ctx, h, 0, []float64{math.Inf(1)})
 	wantErr(t, err, ErrInputDecode, "unsupported value")
+}
+
+// Shapes encoding/json handles that the float shadows got wrong: a named
+// float embedded first replaced the whole struct by its value, one
+// embedded later (or an embedded type with methods) sent every float as
+// an int, ",string" became a number, and a recursive type's element
+// shadow, built while the type was, was kept without its floats.
+func TestFloatShadowShapes(t *testing.T) {
+	type strFloat struct {
+		F float64  `json:"f,string"`
+		P *float32 `json:"p,string"`
+		G float64  `json:"g"`
+	}
+	half := float32(0.5)
+	for _, c := range []struct {
+		name string
+		v    any
+		want string
+	}{
+		{"embedded named float, first", embedsNamed{Temp: 1, X: 2}, `{"Temp":1.0,"X":2.0}`},
+		{"embedded named float, second", tempSecond{2, 1}, `{"X":2.0,"Temp":1.0}`},
+		{"unexported embedded float", embedsLower{1, 2}, `{"X":2.0}`},
+		{"embedded type with methods, first", baseFirst{Base{1}, 2}, `{"ID":1,"Ratio":2.0}`},
+		{"embedded type with methods, second", baseSecond{2, Base{1}}, `{"Ratio":2.0,"ID":1}`},
+		{"embedded pointer with methods", basePtr{3, &Base{1}}, `{"Ratio":3.0,"ID":1}`},
+		{"embedded pointer", embedsPtr{InnerP: &InnerP{A: 1}, B: 2}, `{"A":1.0,"B":2.0}`},
+		{"embedded nil pointer", embedsPtr{B: 2}, `{"B":2.0}`},
+		{",string option", strFloat{F: 2, P: &half, G: 3}, `{"f":"2","p":"0.5","g":3.0}`},
+		{"recursive type", rtree{V: 1}, `{"v":1.0}`},
+		{"slice of it, after it", []rtree{{V: 3}}, `[{"v":3.0}]`},
+		{"array", [2]float32{1, 2}, `[1.0,2.0]`},
+	} {
+		b, err := marshalArg(c.v)
+		if err != nil || string(b) != c.want {
+			j, _ := json.Marshal(c.v)
+			t.Errorf("%s: %s, %v; want %s (encoding/json: %s)", c.name, b, err, c.want, j)
+		}
+	}
+}
+
+type rtree struct {
+	V    float64 `json:"v"`
+	Kids []rtree `json:"kids,omitempty"`
+}
+
+type Temp float64
+
+type embedsNamed struct {
+	Temp
+	X float64
+}
+
+type tempSecond struct {
+	X float64
+	Temp
+}
+
+type lowerTemp float64
+
+type embedsLower struct {
+	lowerTemp
+	X float64
+}
+
+type InnerP struct{ A float64 }
+
+type embedsPtr struct {
+	*InnerP
+	B float64
+}
+
+type Base struct{ ID int }
+
+func (Base) String() string { return "base" }
+
+type baseFirst struct {
+	Base
+	Ratio float64
+}
+
+type baseSecond struct {
+	Ratio float64
+	Base
+}
+
+type basePtr struct {
+	Ratio float64
+	*Base
+}
+
+// A value that contains itself is encoding/json's error, not a stack
+// overflow that ends the process; deep values that do not are fine.
+func TestFloatShadowCycle(t *testing.T) {
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, time.Minute))
+		return
+	}
+	m := map[string]any{"f": 1.0}
+	m["self"] = m
+	s := make([]any, 1)
+	s[0] = s
+	type node struct {
+		F    float64
+		Next any
+	}
+	n := &node{F: 1}
+	n.Next = n
+	for _, v := range []any{m, s, n} {
+		_, err := marshalArg(v)
+		var uv *json.UnsupportedValueError
+		if !errors.As(err, &uv) || !strings.Contains(err.Error(), "encountered a cycle") {
+			t.Errorf("%T containing itself: %v", v, err)
+		}
+	}
+	deep := any(1.0)
+	for range 5000 {
+		deep = []any{deep}
+	}
+	b, err := marshalArg(deep)
+	if err != nil || !bytes.Contains(b, []byte("[1.0]")) {
+		t.Errorf("5000 levels: %v", err)
+	}
+}
+
+// First uses of types from many goroutines at once (run with -race).
+func TestFloatShadowConcurrentFirstUse(t *testing.T) {
+	type a struct {
+		X float32
+		Y []struct{ Z *float64 }
+		M map[string]any
+	}
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			z := float64(i)
+			for _, v := range []any{a{X: 1, Y: []struct{ Z *float64 }{{&z}}, M: map[string]any{"w": float32(2)}}, []rtree{{V: 1}}, baseSecond{1, Base{}}} {
+				if _, err := marshalArg(v); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 func deepEqualJSON(a, b any) bool {

@@ -38,7 +38,7 @@ type PluginHandle struct {
 func newHandle(p *plugin, slot *C.fidius_slot) *PluginHandle {
 	h := &PluginHandle{plugin: p, slot: slot}
 	runtime.AddCleanup(h, func(s *C.fidius_slot) {
-		go withGIL(func() { C.fidius_slot_free(s) })
+		go withGIL(func() { freeSlot(s) })
 	}, slot)
 	return h
 }

@@ -138,7 +138,81 @@ func TestLoadUnderContext(t *testing.T) {
 	})
 }
 
+// A ReloadContext whose ctx ends while it waits for the GIL (another call
+// holds it inside a long C function) runs nothing; it must not touch the
+// handle's modules either.
+func TestReloadAbandonedBeforeItStarts(t *testing.T) {
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, 2*time.Minute))
+		return
+	}
+	mod := moduleName(t)
+	dir := writePackage(t, mod, map[string]string{
+		mod + ".py": "import sys, " + mod + "_helper\n__interface_hash__ = 1\n" +
+			"def hog(n):\n    return sum(range(n))\n" +
+			"def loaded(name):\n    return name in sys.modules\n",
+		mod + "_helper.py": "VALUE = 1\n",
+	})
+	d := &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "hog"}, {Name: "loaded"}}}
+	h := mustLoad(t, dir, d)
+
+	hogged := make(chan error, 1)
+	go func() { _, err := h.CallJSON(ctx, 0, []byte("[200000000]")); hogged <- err }()
+	time.Sleep(200 * time.Millisecond) // the hog holds the GIL in sum()
+	dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	err := guarded(t, func() error { return h.ReloadContext(dctx) })
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("ReloadContext: %v, want DeadlineExceeded", err)
+	}
+	if err := <-hogged; err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the abandoned reload to finish: the next load takes the turn after it.
+	other := writePackage(t, mod+"_other", map[string]string{mod + "_other.py": "__interface_hash__ = 1\n"})
+	mustLoad(t, other, &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1})
+	for _, m := range []string{mod, mod + "_helper"} {
+		if !callNamed[bool](t, h, "loaded", m) {
+			t.Errorf("module %s is gone from sys.modules after a reload that never started", m)
+		}
+	}
+}
+
 // pyQuote spells s as a Python string literal.
 func pyQuote(s string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}
+
+// Loads and inspections that give up waiting for the import turn (or for
+// a thread) free the slot they made.
+func TestLoadWaitersFreeTheirSlots(t *testing.T) {
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, 2*time.Minute))
+		return
+	}
+	sleepy, sd := simplePlugin(t, "import time\ntime.sleep(600)\n", MethodDesc{Name: "value"})
+	dir, d := simplePlugin(t, "def value():\n    return 1\n", MethodDesc{Name: "value"})
+	go LoadPythonPluginContext(ctx, sleepy, sd) // holds the turn, sleeping in C
+	time.Sleep(200 * time.Millisecond)
+	before := liveSlots.Load()
+	for i := 0; i < 200; i++ {
+		c, cancel := context.WithTimeout(ctx, time.Millisecond)
+		_, err := LoadPythonPluginContext(c, dir, d)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("load %d: %v", i, err)
+		}
+		cancel()
+		c, cancel = context.WithTimeout(ctx, time.Millisecond)
+		_, err = InspectPythonPackageContext(c, dir)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("inspect %d: %v", i, err)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); liveSlots.Load() != before; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d slots of loads that gave up are never freed", liveSlots.Load()-before)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

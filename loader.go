@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"unsafe"
 
 	"go.uber.org/zap"
@@ -39,14 +40,18 @@ var importTurn = make(chan struct{}, 1)
 //
 // importing returns ctx's error if ctx ended before f finished; the caller
 // returns at once then, and f goes on in the background until the
-// interrupt stops it.
+// interrupt stops it. finish runs once whatever happens, also when f never
+// ran (ctx ended while waiting for the turn or a thread): then in the
+// background, so that the caller need not wait for the GIL.
 func importing(ctx context.Context, slot *C.fidius_slot, f func(), finish func(kept bool)) error {
+	skipped := func() { go withGIL(func() { finish(false) }) }
 	select {
 	case importTurn <- struct{}{}:
 	default:
 		select {
 		case importTurn <- struct{}{}:
 		case <-ctx.Done():
+			skipped()
 			return ctx.Err()
 		}
 	}
@@ -59,8 +64,9 @@ func importing(ctx context.Context, slot *C.fidius_slot, f func(), finish func(k
 		return nil
 	}
 	c := newCancellation(ctx)
-	var kept bool
+	var kept, ran bool
 	stayed := c.cross(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
+		ran = true
 		C.fidius_gil_acquire()
 		if C.fidius_load_begin(ctl, slot) != 0 {
 			f()
@@ -73,11 +79,17 @@ func importing(ctx context.Context, slot *C.fidius_slot, f func(), finish func(k
 		C.fidius_gil_release()
 		return C.fidius_result{}
 	}, func(C.fidius_result) {}, func() {
+		if !ran {
+			skipped()
+		}
 		<-importTurn
 		c.free()
 	})
 	if !stayed {
 		return ctx.Err()
+	}
+	if !ran {
+		skipped() // no thread was free before ctx ended
 	}
 	<-importTurn
 	c.free()
@@ -90,6 +102,9 @@ func importing(ctx context.Context, slot *C.fidius_slot, f func(), finish func(k
 	return nil
 }
 
+// liveSlots counts the slots made and not yet freed (tests).
+var liveSlots atomic.Int64
+
 // newSlot makes the C slot a handle calls through, empty.
 func newSlot(dir string) *C.fidius_slot {
 	cdir := C.CString(dir)
@@ -98,7 +113,14 @@ func newSlot(dir string) *C.fidius_slot {
 	if slot == nil {
 		panic("fidius: out of memory allocating a handle")
 	}
+	liveSlots.Add(1)
 	return slot
+}
+
+// freeSlot frees a slot. GIL held.
+func freeSlot(slot *C.fidius_slot) {
+	C.fidius_slot_free(slot)
+	liveSlots.Add(-1)
 }
 
 // LoadPythonPlugin loads the Python plugin package in packageDir and checks
@@ -227,16 +249,18 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, opt
 		}
 		before.decRef()
 		if slot.tab == nil {
-			C.fidius_slot_free(slot)
+			freeSlot(slot)
 			slot = nil
 		}
 	})
+	if ierr != nil {
+		// Nothing f sets may be read: an abandoned import is still
+		// running in the background.
+		return nil, fmt.Errorf("loading package %s: %w", dir, ierr)
+	}
 	// Logged after the GIL is released: a logger's sink may block.
 	for _, path := range inserted {
 		p.logger.Debug("prepended to sys.path", zap.String("path", path))
-	}
-	if ierr != nil {
-		return nil, fmt.Errorf("loading package %s: %w", dir, ierr)
 	}
 	if err != nil {
 		return nil, err
@@ -487,7 +511,7 @@ func InspectPythonPackageContext(ctx context.Context, packageDir string) (*Packa
 			p.restoreModules(before)
 		}
 		before.decRef()
-		C.fidius_slot_free(slot)
+		freeSlot(slot)
 	})
 	if ierr != nil {
 		return nil, fmt.Errorf("inspecting package %s: %w", dir, ierr)
@@ -574,7 +598,8 @@ func (h *PluginHandle) ReloadContext(ctx context.Context) error {
 			h.present.Store(&present)
 		case err == nil:
 			C.fidius_table_free(tab) // closed while importing, or the caller left
-			if !kept {
+			// saved is nil when the caller left before anything ran.
+			if !kept && saved != nil {
 				p.restoreModules(saved)
 			}
 		case saved != nil:
