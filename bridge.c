@@ -270,6 +270,18 @@ static void message_error(fidius_result *r, int status, const char *msg) {
 	r->len = b->len;
 }
 
+fidius_result fidius_encode_value(PyObject *o) {
+	fidius_result r = {0};
+	tls_buf.len = 0;
+	if (fidius_json_encode(o, 1) < 0) {
+		message_error(&r, FIDIUS_OUTPUT, "no JSON form");
+		return r;
+	}
+	r.data = tls_buf.p;
+	r.len = tls_buf.len;
+	return r;
+}
+
 PyObject *fidius_decode_value(const char *in, size_t n, fidius_result *r) {
 	char err[256];
 	PyObject *o = fidius_json_decode(in, n, err, sizeof err);
@@ -278,12 +290,35 @@ PyObject *fidius_decode_value(const char *in, size_t n, fidius_result *r) {
 	return o;
 }
 
+// The slots of the calls running on this thread, innermost last: a host
+// function may call another plugin, whose call nests inside. Host calls
+// (hostcall.c) go to the innermost call's host interfaces.
+#define FIDIUS_MAX_NESTING 64
+static __thread fidius_slot *tls_slots[FIDIUS_MAX_NESTING];
+static __thread int tls_depth;
+
+static void push_slot(fidius_slot *s) {
+	if (tls_depth < FIDIUS_MAX_NESTING)
+		tls_slots[tls_depth] = s;
+	tls_depth++;
+}
+
+static void pop_slot(void) {
+	if (tls_depth > 0)
+		tls_depth--;
+}
+
+fidius_slot *fidius_current_slot(void) {
+	return tls_depth > 0 && tls_depth <= FIDIUS_MAX_NESTING ? tls_slots[tls_depth - 1] : NULL;
+}
+
 // begin takes the GIL for a call through slot s. It returns 0 when the
 // call must not run: cancelled, or abandoned by its caller before it
 // began. The caller must end with leave, whatever happens.
 static int begin(fidius_slot *s, fidius_ctl *ctl) {
 	fidius_gil_acquire();
 	tls_buf.len = 0;
+	push_slot(s);
 	if (ctl == NULL)
 		return 1;
 	ctl->ts = tls_ts;
@@ -358,6 +393,7 @@ static PyObject *enter(fidius_slot *s, Py_ssize_t i, fidius_ctl *ctl, fidius_res
 // leave ends a call. A call that was cancelled reports so, whatever else
 // it did, and what it produced is dropped.
 static void leave(fidius_ctl *ctl, fidius_result *r) {
+	pop_slot();
 	if (ctl != NULL) {
 		settle(ctl);
 		if (ctl->cancelled) {
@@ -651,6 +687,7 @@ fidius_result fidius_stream_next(fidius_slot *s, PyObject *it, PyObject *feed, f
 
 void fidius_stream_close(fidius_slot *s, PyObject *it, PyObject *feed, fidius_ctl *ctl) {
 	fidius_gil_acquire();
+	push_slot(s); // finally blocks may call host functions
 	if (ctl != NULL) {
 		// A cancelled stream's generator gets the grace period for its
 		// finally blocks, then is stopped like a cancelled call.
@@ -678,5 +715,6 @@ void fidius_stream_close(fidius_slot *s, PyObject *it, PyObject *feed, fidius_ct
 		fidius_feed_end(feed);
 		Py_DECREF(feed);
 	}
+	pop_slot();
 	fidius_gil_release();
 }

@@ -20,6 +20,10 @@ PyObject *fidius_feed_new(uintptr_t feed_id, fidius_ctl *ctl);
 void fidius_feed_claim(PyObject *feed);
 void fidius_feed_end(PyObject *feed);
 
+// fidius_current_slot is the slot of the innermost call running on this
+// thread, or NULL (GIL held).
+fidius_slot *fidius_current_slot(void);
+
 // JSON codec (GIL held), used by dispatch and the loader.
 PyObject *fidius_json_decode(const char *in, size_t n, char *err, size_t errlen);
 // fidius_json_encode appends o's JSON to the thread buffer; -1 with a

@@ -38,6 +38,10 @@ var (
 	// does not define, or defines as something that is not callable, or a
 	// descriptor method name with a NUL byte, which Python cannot look up.
 	ErrMethodNotRegistered = errors.New("method not registered")
+	// ErrHostImport reports a plugin that imports a host interface the
+	// host does not offer, or offers with another version or hash, or
+	// whose __fidius_host_imports__ is malformed.
+	ErrHostImport = errors.New("host interface import mismatch")
 	// ErrMethodAbsent reports a call of an Optional method that the
 	// loaded plugin does not define (PluginHandle.Implements is false).
 	ErrMethodAbsent = errors.New("optional method not implemented by the plugin")

@@ -59,6 +59,7 @@ typedef struct {
 	PyObject *own;      // str: dir + "/", made when first needed
 	PyObject *vendor;   // str: dir + "/vendor/"
 	int strict;         // typed results that would become their str() are errors
+	uintptr_t host;     // Go's id of the host interfaces bound to the plugin, or 0
 } fidius_slot;
 
 // States of fidius_ctl.state, the handshake between a cancellable call's
@@ -133,6 +134,14 @@ fidius_result fidius_stream_start_fed(fidius_slot *s, Py_ssize_t i, uintptr_t fe
 void fidius_feed_put(const char *p, size_t n);
 int fidius_feed_init(PyObject *host_stream_error);   // GIL held, once at start-up
 
+// Host functions (hostcall.c): the _fidius_host module, made once at
+// start-up (GIL held). Its call() runs Go's fidiusHostCall(slot->host, ...)
+// for the innermost call on the thread, with the GIL released; Go answers
+// with fidius_host_put (the result's JSON, or {"code", "message",
+// "details"}) and 1 or -1.
+int fidius_host_init(void);
+void fidius_host_put(const char *p, size_t n);
+
 // Cancellation (cancel.c). fidius_interrupt marks ctl's call cancelled and,
 // if plugin code of it is running, arms the thread running it so that the
 // cancel exception is raised at the next line of plugin code (GIL held).
@@ -159,6 +168,11 @@ void fidius_slot_free(fidius_slot *s);                   // GIL held
 // exception into the thread's buffer, as for FIDIUS_PLUGIN, with the class
 // name as the code (fidius.PluginError fields are a call's business).
 fidius_result fidius_take_error(void);
+
+// fidius_encode_value encodes o as JSON (strictly: no str() fallback)
+// into the thread's buffer: FIDIUS_OK with data/len, or FIDIUS_OUTPUT with
+// the message (GIL held).
+fidius_result fidius_encode_value(PyObject *o);
 
 // fidius_decode_value decodes JSON into a new reference; NULL with
 // FIDIUS_INPUT in *r (message in the thread buffer) on bad input.

@@ -111,6 +111,9 @@ func startInterpreter() error {
 	if C.fidius_feed_init(toC(hostStreamError)) != 0 {
 		return takeImportError("<fidius-go>/host-fed streams")
 	}
+	if C.fidius_host_init() != 0 {
+		return takeImportError("<fidius-go>/host functions")
+	}
 
 	sources, err := sdkSources()
 	if err != nil {

@@ -119,6 +119,7 @@ func newSlot(dir string) *C.fidius_slot {
 
 // freeSlot frees a slot. GIL held.
 func freeSlot(slot *C.fidius_slot) {
+	setBinding(slot, nil)
 	C.fidius_slot_free(slot)
 	liveSlots.Add(-1)
 }
@@ -217,15 +218,14 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, opt
 	if err != nil {
 		return nil, err
 	}
-	p := &plugin{manifest: m, dir: dir, entry: m.Python.EntryModule, desc: desc.clone(), config: config, logger: o.logger}
+	p := &plugin{manifest: m, hosts: o.hosts, dir: dir, entry: m.Python.EntryModule, desc: desc.clone(), config: config, logger: o.logger}
 
 	slot := newSlot(dir)
 	if o.strict {
 		slot.strict = 1
 	}
 	var (
-		tab      *C.fidius_table
-		present  []bool
+		gen      *generation
 		inserted []string
 		before   *pyObject
 	)
@@ -237,13 +237,14 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, opt
 		if before, err = p.modulesUnder(); err != nil {
 			return
 		}
-		tab, present, err = p.importTable()
+		gen, err = p.importTable()
 	}, func(kept bool) {
 		if err == nil && kept {
-			slot.tab = tab
+			slot.tab = gen.tab
+			setBinding(slot, gen.binding)
 		} else if before != nil {
-			if tab != nil {
-				C.fidius_table_free(tab)
+			if gen != nil {
+				C.fidius_table_free(gen.tab)
 			}
 			p.restoreModules(before) // a later load of the fixed package starts afresh
 		}
@@ -270,7 +271,7 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, opt
 		zap.String("interface", p.desc.InterfaceName),
 		zap.String("entry_module", p.entry))
 	h := newHandle(p, slot)
-	h.present.Store(&present)
+	h.present.Store(&gen.present)
 	return h, nil
 }
 
@@ -346,22 +347,33 @@ func callHelper(fn *pyObject, args ...*pyObject) {
 	}
 }
 
+// generation is what one import of a plugin gives its handle.
+type generation struct {
+	tab     *C.fidius_table
+	present []bool  // which of the descriptor's methods the plugin defines
+	binding binding // the host interfaces it imports
+}
+
 // importTable imports the entry module, checks its hash, configures it if
 // the plugin is configured, and resolves the descriptor's methods. GIL held.
-func (p *plugin) importTable() (*C.fidius_table, []bool, error) {
+func (p *plugin) importTable() (*generation, error) {
 	mod, err := p.importEntry()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer mod.decRef()
 	if err := checkHash(mod, p.entry, p.desc); err != nil {
-		return nil, nil, err
+		return nil, err
+	}
+	bound, err := p.bind(mod)
+	if err != nil {
+		return nil, err
 	}
 	owner := mod
 	if p.config != nil {
 		inst, err := p.configure(mod)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		defer inst.decRef()
 		owner = inst
@@ -381,20 +393,20 @@ func (p *plugin) importTable() (*C.fidius_table, []bool, error) {
 		if fn == nil {
 			clearError()
 			C.fidius_table_free(tab)
-			return nil, nil, fmt.Errorf("%w: method %q of interface %q is not defined in module %q",
+			return nil, fmt.Errorf("%w: method %q of interface %q is not defined in module %q",
 				ErrMethodNotRegistered, md.Name, p.desc.InterfaceName, p.entry)
 		}
 		if !fn.isCallable() {
 			what := typeName(fn)
 			fn.decRef()
 			C.fidius_table_free(tab)
-			return nil, nil, fmt.Errorf("%w: method %q of interface %q in module %q is not callable (it is a %s)",
+			return nil, fmt.Errorf("%w: method %q of interface %q in module %q is not callable (it is a %s)",
 				ErrMethodNotRegistered, md.Name, p.desc.InterfaceName, p.entry, what)
 		}
 		C.fidius_table_set(tab, C.Py_ssize_t(i), toC(fn))
 		fn.decRef()
 	}
-	return tab, present, nil
+	return &generation{tab: tab, present: present, binding: bound}, nil
 }
 
 // configure calls the module's __fidius_configure__ with the plugin's
@@ -574,10 +586,9 @@ func (h *PluginHandle) ReloadContext(ctx context.Context) error {
 	}
 	p := h.plugin
 	var (
-		err     error
-		saved   *pyObject
-		tab     *C.fidius_table
-		present []bool
+		err   error
+		saved *pyObject
+		gen   *generation
 	)
 	ierr := importing(ctx, h.slot, func() {
 		dir := pyPath(p.dir)
@@ -590,14 +601,17 @@ func (h *PluginHandle) ReloadContext(ctx context.Context) error {
 			err = fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
 			return
 		}
-		tab, present, err = p.importTable()
+		gen, err = p.importTable()
 	}, func(kept bool) {
 		switch {
-		case err == nil && kept && !h.closed.Load():
-			C.fidius_slot_swap(h.slot, tab)
-			h.present.Store(&present)
+		case err == nil && gen != nil && kept && !h.closed.Load():
+			C.fidius_slot_swap(h.slot, gen.tab)
+			setBinding(h.slot, gen.binding)
+			h.present.Store(&gen.present)
 		case err == nil:
-			C.fidius_table_free(tab) // closed while importing, or the caller left
+			if gen != nil {
+				C.fidius_table_free(gen.tab) // closed while importing, or the caller left
+			}
 			// saved is nil when the caller left before anything ran.
 			if !kept && saved != nil {
 				p.restoreModules(saved)

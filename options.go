@@ -3,7 +3,11 @@
 
 package fidius
 
-import "go.uber.org/zap"
+import (
+	"encoding/json"
+
+	"go.uber.org/zap"
+)
 
 // DefaultThreadLimit is how many OS threads may be inside Python for the
 // library at once unless SetThreadLimit says otherwise.
@@ -17,6 +21,51 @@ type loadOptions struct {
 	strict    bool
 	config    any
 	hasConfig bool
+	hosts     map[string]*HostInterface
+}
+
+// HostFunc is a function a host offers its plugins. args is the JSON array
+// of the arguments the plugin passed; the result is encoded as Call
+// encodes arguments (a json.RawMessage as it is). An error that is a
+// *PluginError reaches the plugin as a fidius.PluginError with its code,
+// message and details; any other error as one with code "HOST_ERROR".
+//
+// A HostFunc runs on the thread running the plugin's call, with the GIL
+// released, so it may take its time and may call into any plugin,
+// this one included; it must be safe for concurrent use, as calls are.
+type HostFunc func(args json.RawMessage) (any, error)
+
+// HostInterface is a set of functions a host offers its plugins, under a
+// name, a version and a hash, as fidius's host interfaces are. A plugin
+// declares what it imports with a module attribute:
+//
+//	__fidius_host_imports__ = {"SlotHost": {"version": 1, "hash": 0x8F3C...}}
+//
+// and calls a function with fidius.host("SlotHost").free_slots(). The
+// load refuses a plugin that imports an interface the host does not
+// offer, or offers with another version or hash (ErrHostImport).
+type HostInterface struct {
+	// Name is the interface's name, as plugins import it.
+	Name string
+	// Version is the interface version.
+	Version uint32
+	// Hash is InterfaceHash of the functions' signatures, computed as for
+	// plugin interfaces.
+	Hash uint64
+	// Funcs are the functions, by the name plugins call them by.
+	Funcs map[string]HostFunc
+}
+
+// WithHostInterface offers hi to the plugin: while one of its methods
+// runs, a plugin that imports hi can call its functions. Give it once per
+// interface; a later one of the same name replaces an earlier one.
+func WithHostInterface(hi *HostInterface) Option {
+	return func(o *loadOptions) {
+		if o.hosts == nil {
+			o.hosts = map[string]*HostInterface{}
+		}
+		o.hosts[hi.Name] = hi
+	}
 }
 
 // WithLogger sends the library's log lines to l: Info when a plugin loads
@@ -52,7 +101,8 @@ func WithStrictValues() Option {
 // plugin is what a handle needs to import its plugin again.
 type plugin struct {
 	manifest *Manifest
-	dir      string // absolute and clean
+	hosts    map[string]*HostInterface // offered at the load
+	dir      string                    // absolute and clean
 	entry    string
 	desc     *InterfaceDescriptor
 	config   []byte // JSON; nil for a plugin that is not configured

@@ -18,9 +18,13 @@ imported and tested without a host.
 Raise :class:`PluginError` to send a structured error (code, message,
 details) to the host; any other exception arrives with its class name as
 the code and the traceback in the details.
+
+:func:`host` reaches functions the host offers (a Go host of fidius for
+Go), for plugins that declare them in ``__fidius_host_imports__``.
 """
 
 from ._errors import PluginError
+from ._host import host
 from ._registry import get_method, list_methods, method, reset_registry
 
-__all__ = ["PluginError", "get_method", "list_methods", "method", "reset_registry"]
+__all__ = ["PluginError", "get_method", "host", "list_methods", "method", "reset_registry"]
