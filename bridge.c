@@ -409,42 +409,47 @@ static void leave(fidius_ctl *ctl, fidius_result *r) {
 	fidius_gil_release();
 }
 
+// call_led calls fn with lead (a host-fed stream) and then the JSON input
+// as its arguments, as call_json does. Kept apart from call_json, whose
+// path every typed call takes.
+static PyObject *call_led(PyObject *fn, PyObject *lead, const char *in, size_t n, fidius_ctl *ctl, fidius_result *r) {
+	PyObject *arg = n == 0 ? Py_NewRef(Py_None) : fidius_decode_value(in, n, r);
+	if (arg == NULL)
+		return NULL;
+	PyObject *args = NULL;
+	if (PyList_CheckExact(arg)) {
+		Py_ssize_t k = PyList_GET_SIZE(arg);
+		if ((args = PyTuple_New(k + 1)) != NULL) {
+			PyTuple_SET_ITEM(args, 0, Py_NewRef(lead));
+			for (Py_ssize_t j = 0; j < k; j++)
+				PyTuple_SET_ITEM(args, j + 1, Py_NewRef(PyList_GET_ITEM(arg, j)));
+		}
+	} else if (arg == Py_None) {
+		args = PyTuple_Pack(1, lead);
+	} else {
+		args = PyTuple_Pack(2, lead, arg);
+	}
+	Py_DECREF(arg);
+	if (args == NULL)
+		return NULL;
+	run(ctl);
+	PyObject *res = PyObject_Call(fn, args, NULL);
+	Py_DECREF(args);
+	return res;
+}
+
 // call_json calls fn with the JSON input as its arguments: an array is the
 // positional arguments, null or nothing means none, anything else is the
-// single argument. A lead object (a host-fed stream) goes before them all.
-// NULL with r->status set on bad input, NULL with a Python error set if the
-// call raised.
-static PyObject *call_json(PyObject *fn, PyObject *lead, const char *in, size_t n, fidius_ctl *ctl, fidius_result *r) {
+// single argument. NULL with r->status set on bad input, NULL with a Python
+// error set if the call raised.
+static PyObject *call_json(PyObject *fn, const char *in, size_t n, fidius_ctl *ctl, fidius_result *r) {
 	if (n == 0) {
 		run(ctl);
-		return lead != NULL ? PyObject_CallOneArg(fn, lead) : PyObject_CallNoArgs(fn);
+		return PyObject_CallNoArgs(fn);
 	}
 	PyObject *arg = fidius_decode_value(in, n, r);
 	if (arg == NULL)
 		return NULL;
-	if (lead != NULL) {
-		// Rare (streams only): a tuple of the lead and the arguments.
-		PyObject *args = NULL;
-		if (PyList_CheckExact(arg)) {
-			Py_ssize_t k = PyList_GET_SIZE(arg);
-			if ((args = PyTuple_New(k + 1)) != NULL) {
-				PyTuple_SET_ITEM(args, 0, Py_NewRef(lead));
-				for (Py_ssize_t j = 0; j < k; j++)
-					PyTuple_SET_ITEM(args, j + 1, Py_NewRef(PyList_GET_ITEM(arg, j)));
-			}
-		} else if (arg == Py_None) {
-			args = PyTuple_Pack(1, lead);
-		} else {
-			args = PyTuple_Pack(2, lead, arg);
-		}
-		Py_DECREF(arg);
-		if (args == NULL)
-			return NULL;
-		run(ctl);
-		PyObject *res = PyObject_Call(fn, args, NULL);
-		Py_DECREF(args);
-		return res;
-	}
 	run(ctl);
 	PyObject *res;
 	if (PyList_CheckExact(arg)) {
@@ -478,7 +483,7 @@ static PyObject *enter_json(fidius_slot *s, Py_ssize_t i, const char *in, size_t
 	PyObject *fn = enter(s, i, ctl, r);
 	if (fn == NULL)
 		return NULL;
-	PyObject *res = call_json(fn, NULL, in, n, ctl, r);
+	PyObject *res = call_json(fn, in, n, ctl, r);
 	Py_DECREF(fn);
 	if (res == NULL && r->status == FIDIUS_OK)
 		describe_error(r, 1);
@@ -603,7 +608,7 @@ static fidius_result stream_start(fidius_slot *s, Py_ssize_t i, uintptr_t feed_i
 		if (feed_id != 0 && (lead = fidius_feed_new(feed_id, ctl)) == NULL) {
 			describe_error(&r, 0);
 		} else {
-			res = call_json(fn, lead, in, n, ctl, &r);
+			res = lead != NULL ? call_led(fn, lead, in, n, ctl, &r) : call_json(fn, in, n, ctl, &r);
 			if (res == NULL && r.status == FIDIUS_OK)
 				describe_error(&r, 1);
 		}
@@ -649,7 +654,7 @@ fidius_result fidius_call_fed(fidius_slot *s, Py_ssize_t i, uintptr_t feed_id, c
 		if (feed == NULL) {
 			describe_error(&r, 0);
 		} else {
-			res = call_json(fn, feed, in, n, ctl, &r);
+			res = call_led(fn, feed, in, n, ctl, &r);
 			if (res == NULL && r.status == FIDIUS_OK)
 				describe_error(&r, 1);
 			fidius_feed_end(feed);
