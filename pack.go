@@ -9,10 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/dsnet/compress/bzip2"
@@ -59,7 +57,7 @@ func PackPackageContext(ctx context.Context, dir, out string) (string, error) {
 		out = filepath.Join(out, prefix+"."+m.Package.FileExtension())
 	}
 	outAbs, _ := filepath.Abs(out)
-	files, err := packFiles(dir, outAbs)
+	files, err := packageFiles(dir, true, outAbs)
 	if err != nil {
 		return "", fmt.Errorf("%w: packing %s: %w", ErrArchive, dir, err)
 	}
@@ -86,45 +84,6 @@ func PackPackageContext(ctx context.Context, dir, out string) (string, error) {
 		return "", fmt.Errorf("%w: %w", ErrArchive, err)
 	}
 	return out, nil
-}
-
-// packFiles lists the files to pack, slash-separated and relative to
-// dir, sorted; skip is the archive being written, if it lies inside dir.
-func packFiles(dir, skip string) ([]string, error) {
-	var files []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			if p != dir && (d.Name() == "target" || d.Name() == ".git") {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if abs, _ := filepath.Abs(p); abs == skip {
-			return nil
-		}
-		if d.Type()&fs.ModeSymlink != 0 {
-			st, err := os.Stat(p)
-			if err != nil {
-				return err
-			}
-			if st.IsDir() {
-				return fmt.Errorf("%s is a symbolic link to a directory, which an archive cannot hold", p)
-			}
-		} else if !d.Type().IsRegular() {
-			return fmt.Errorf("%s is not a regular file", p)
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
-		}
-		files = append(files, filepath.ToSlash(rel))
-		return nil
-	})
-	slices.Sort(files)
-	return files, err
 }
 
 func packArchive(ctx context.Context, w io.Writer, dir, prefix string, files []string) error {

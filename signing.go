@@ -13,16 +13,18 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 )
 
-// PackageDigest returns the SHA-256 digest fidius signs: over every file
-// under dir except those in directories named "target" or ".git" and those
-// ending in ".sig", in order of their slash-separated relative paths, it
-// hashes the path's length (little-endian uint64), the path, the content's
-// length (little-endian uint64) and the content.
-func PackageDigest(dir string) ([32]byte, error) {
+// packageFiles lists a package's files as fidius selects them, relative to
+// dir, slash-separated and sorted: every file except those under
+// directories named "target" or ".git" (at any depth), and, unless sigs,
+// those ending in ".sig". skip, if not empty, is an absolute path left out
+// (an archive being written inside dir). A symbolic link to a file counts
+// as the file; one to a directory, or anything else that is not a regular
+// file, is an error.
+func packageFiles(dir string, sigs bool, skip string) ([]string, error) {
 	var files []string
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -34,8 +36,24 @@ func PackageDigest(dir string) ([32]byte, error) {
 			}
 			return nil
 		}
-		if strings.HasSuffix(d.Name(), ".sig") {
+		if !sigs && strings.HasSuffix(d.Name(), ".sig") {
 			return nil
+		}
+		if skip != "" {
+			if abs, _ := filepath.Abs(p); abs == skip {
+				return nil
+			}
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			st, err := os.Stat(p)
+			if err != nil {
+				return err
+			}
+			if st.IsDir() {
+				return fmt.Errorf("%s is a symbolic link to a directory, which a package cannot hold", p)
+			}
+		} else if !d.Type().IsRegular() {
+			return fmt.Errorf("%s is not a regular file", p)
 		}
 		rel, err := filepath.Rel(dir, p)
 		if err != nil {
@@ -44,10 +62,20 @@ func PackageDigest(dir string) ([32]byte, error) {
 		files = append(files, filepath.ToSlash(rel))
 		return nil
 	})
+	slices.Sort(files)
+	return files, err
+}
+
+// PackageDigest returns the SHA-256 digest fidius signs: over every file
+// under dir except those in directories named "target" or ".git" and those
+// ending in ".sig", in order of their slash-separated relative paths, it
+// hashes the path's length (little-endian uint64), the path, the content's
+// length (little-endian uint64) and the content.
+func PackageDigest(dir string) ([32]byte, error) {
+	files, err := packageFiles(dir, false, "")
 	if err != nil {
 		return [32]byte{}, fmt.Errorf("digest of %s: %w", dir, err)
 	}
-	sort.Strings(files)
 	h := sha256.New()
 	var n [8]byte
 	for _, rel := range files {
