@@ -102,3 +102,28 @@ func TestConfiguredFailures(t *testing.T) {
 		wantErr(t, err, ErrInputDecode, "config")
 	})
 }
+
+// WithConfig loads a configured plugin; LoadPythonPluginConfigured's own
+// config wins over it.
+func TestWithConfig(t *testing.T) {
+	dir, d := simplePlugin(t, configuredSource, MethodDesc{Name: "greet"}, MethodDesc{Name: "config_types"})
+	viaOption, err := LoadPythonPlugin(dir, d, WithConfig(greeterConfig{Greeting: "Hi", Punctuation: "?", Ratio: 2}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer viaOption.Close()
+	if got, err := Call[string](ctx, viaOption, 0, "Bo"); err != nil || got != "Hi, Bo?" {
+		t.Errorf("WithConfig: %q, %v", got, err)
+	}
+	if types, err := Call[map[string]string](ctx, viaOption, 1); err != nil || types["ratio"] != "float" {
+		t.Errorf("a Go float in a config arrives as a float: %v, %v", types, err)
+	}
+	both, err := LoadPythonPluginConfigured(dir, d, greeterConfig{Greeting: "Yo", Punctuation: "!"}, WithConfig(greeterConfig{Greeting: "Hi"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer both.Close()
+	if got, err := Call[string](ctx, both, 0, "Bo"); err != nil || got != "Yo, Bo!" {
+		t.Errorf("the argument's config should win: %q, %v", got, err)
+	}
+}
