@@ -147,7 +147,14 @@ func (f *feed) produce() {
 	defer close(f.exited)
 	defer func() {
 		if p := recover(); p != nil {
-			f.resp <- feedItem{err: fmt.Errorf("the host's input iterator panicked: %v", p)}
+			// Nobody waits for an item once the feed is stopped (or has
+			// had its error): an iterator that goes on after yield said
+			// false panics here, in its cleanup or in the range loop's
+			// own check, and that must not hold up finish.
+			select {
+			case f.resp <- feedItem{err: fmt.Errorf("the host's input iterator panicked: %v", p)}:
+			case <-f.quit:
+			}
 		}
 	}()
 	for item, err := range f.items {

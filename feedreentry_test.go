@@ -1,0 +1,87 @@
+//go:build cgo
+
+package fidius
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+const reentrySource = `
+import fidius
+
+__fidius_host_imports__ = {"Back": {"version": 1, "hash": 0x42}}
+
+def first(rows):
+    # Reads one input, yields it, stops.
+    for r in rows:
+        yield r
+        return
+
+def echo(rows):
+    for r in rows:
+        yield r
+
+def stash(rows):
+    global kept
+    kept = rows
+    # Calls the host, which calls read_kept on this plugin, on this thread.
+    return fidius.host("Back").again()
+
+def read_kept():
+    try:
+        return next(kept)
+    except BaseException as e:
+        return type(e).__name__ + ": " + str(e)
+`
+
+func reentryPlugin(t *testing.T, back func(json.RawMessage) (any, error)) *PluginHandle {
+	dir, d := simplePlugin(t, reentrySource,
+		MethodDesc{Name: "first", ClientStreaming: true, Streaming: true},
+		MethodDesc{Name: "echo", ClientStreaming: true, Streaming: true},
+		MethodDesc{Name: "stash", ClientStreaming: true},
+		MethodDesc{Name: "read_kept"})
+	hi := &HostInterface{Name: "Back", Version: 1, Hash: 0x42, Funcs: map[string]HostFunc{"again": back}}
+	h, err := LoadPythonPlugin(dir, d, WithHostInterface(hi))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// careless yields three items and ignores what yield returns, a common
+// slip in hand-written iterators.
+func careless(yield func(json.RawMessage, error) bool) {
+	for i := 0; i < 3; i++ {
+		yield(json.RawMessage("1"), nil)
+	}
+}
+
+// A bidirectional stream under a context that can end, whose host iterator
+// ignores yield's result: when the plugin stops reading (or the host
+// leaves the loop), the stream must still end.
+func TestBidiCarelessIteratorUnpinned(t *testing.T) {
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, 30*time.Second))
+		return
+	}
+	h := reentryPlugin(t, nil)
+	c, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// The plugin stops reading after one input.
+	got, err := collect(t, h.CallBidiStream(c, 0, careless, nil))
+	if err != nil || strings.Join(got, ",") != "1" {
+		t.Fatalf("first: %v, %v", got, err)
+	}
+	// The host leaves the loop after one output.
+	for _, err := range h.CallBidiStream(c, 1, careless, nil) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		break
+	}
+}
