@@ -312,6 +312,8 @@ fidius_slot *fidius_current_slot(void) {
 	return tls_depth > 0 && tls_depth <= FIDIUS_MAX_NESTING ? tls_slots[tls_depth - 1] : NULL;
 }
 
+int fidius_call_depth(void) { return tls_depth; }
+
 // begin takes the GIL for a call through slot s. It returns 0 when the
 // call must not run: cancelled, or abandoned by its caller before it
 // began. The caller must end with leave, whatever happens.

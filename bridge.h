@@ -23,6 +23,9 @@ void fidius_feed_end(PyObject *feed);
 // fidius_current_slot is the slot of the innermost call running on this
 // thread, or NULL (GIL held).
 fidius_slot *fidius_current_slot(void);
+// fidius_call_depth is how many calls are running on this thread, one
+// inside another (through host functions).
+int fidius_call_depth(void);
 
 // JSON codec (GIL held), used by dispatch and the loader.
 PyObject *fidius_json_decode(const char *in, size_t n, char *err, size_t errlen);

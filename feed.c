@@ -19,6 +19,7 @@ typedef struct {
 	int busy;        // a next() is waiting for Go
 	long long count; // items produced so far, for messages
 	unsigned long thread; // the thread running the call: the only one that may pull
+	int depth;            // and the call's nesting on that thread (fidius_call_depth)
 } feed_object;
 
 void fidius_feed_put(const char *p, size_t n) {
@@ -34,8 +35,11 @@ static PyObject *feed_next(PyObject *self) {
 		PyErr_SetString(fidius_cancel_type, "the call was cancelled");
 		return NULL;
 	}
-	if (f->busy || PyThread_get_thread_ident() != f->thread) {
-		// Go resumes the host's iterator on the call's own thread only.
+	if (f->busy || PyThread_get_thread_ident() != f->thread || fidius_call_depth() != f->depth) {
+		// Go resumes the host's iterator on the call's own thread only,
+		// and only with the thread locked as it was when the iterator
+		// started: not from a call nested in the call (a host function
+		// that calls the plugin back), which Go runs with one more lock.
 		PyErr_SetString(PyExc_RuntimeError, "the host's input stream can only be read by the thread running the call");
 		return NULL;
 	}
@@ -96,10 +100,15 @@ PyObject *fidius_feed_new(uintptr_t id, fidius_ctl *ctl) {
 	f->busy = 0;
 	f->count = 0;
 	f->thread = PyThread_get_thread_ident();
+	f->depth = fidius_call_depth();
 	return (PyObject *)f;
 }
 
-void fidius_feed_claim(PyObject *feed) { ((feed_object *)feed)->thread = PyThread_get_thread_ident(); }
+void fidius_feed_claim(PyObject *feed) {
+	feed_object *f = (feed_object *)feed;
+	f->thread = PyThread_get_thread_ident();
+	f->depth = fidius_call_depth();
+}
 
 // fidius_feed_end detaches the feed from Go and from the call, and has Go
 // stop the host's iterator, with the GIL released: its cleanup is Go code

@@ -85,3 +85,22 @@ func TestBidiCarelessIteratorUnpinned(t *testing.T) {
 		break
 	}
 }
+
+// A plugin that keeps its input and reads it from a nested call on the same
+// thread (through a host function that calls the plugin back) must get an
+// exception, not end the process.
+func TestFeedReadFromNestedCall(t *testing.T) {
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, 30*time.Second))
+		return
+	}
+	var h *PluginHandle
+	h = reentryPlugin(t, func(json.RawMessage) (any, error) {
+		return Call[string](ctx, h, 3)
+	})
+	out, err := h.CallClientStream(ctx, 2, items(1, 2), nil)
+	t.Logf("stash: %s, %v", out, err)
+	if err != nil || !strings.Contains(string(out), "RuntimeError") {
+		t.Errorf("stash: %s, %v", out, err)
+	}
+}
