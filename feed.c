@@ -45,9 +45,13 @@ static PyObject *feed_next(PyObject *self) {
 	}
 	f->busy = 1;
 	uintptr_t id = f->id;
+	// The host's iterator may call a plugin on this thread, which takes the
+	// thread buffer; next() may be running while a result is encoded.
+	fidius_buf outer = fidius_buf_stash();
 	PyThreadState *ts = PyEval_SaveThread();
 	int rc = fidiusFeedNext(id);
 	PyEval_RestoreThread(ts);
+	fidius_buf_unstash(outer);
 	f->busy = 0;
 	if (rc == 0) {
 		f->id = 0; // the end: later next() calls need not ask Go again

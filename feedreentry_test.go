@@ -5,6 +5,7 @@ package fidius
 import (
 	"context"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -102,5 +103,48 @@ func TestFeedReadFromNestedCall(t *testing.T) {
 	t.Logf("stash: %s, %v", out, err)
 	if err != nil || !strings.Contains(string(out), "RuntimeError") {
 		t.Errorf("stash: %s, %v", out, err)
+	}
+}
+
+const feedEncodeSource = `
+class Next:
+    # Its str(), called while the item is being encoded, reads the input.
+    def __init__(self, rows):
+        self.rows = rows
+    def __str__(self):
+        return str(next(self.rows))
+
+def pairs(rows):
+    for r in rows:
+        yield ["abcdefghijklmnopqrstuvwxyz", r, Next(rows)]
+
+def small():
+    return "X"
+`
+
+// The host's iterator may call a plugin on the call's thread while an item
+// is being encoded: the item must come out whole.
+func TestFeedReadDuringEncoding(t *testing.T) {
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, 30*time.Second))
+		return
+	}
+	dir, d := simplePlugin(t, feedEncodeSource,
+		MethodDesc{Name: "pairs", ClientStreaming: true, Streaming: true}, MethodDesc{Name: "small"})
+	h := mustLoad(t, dir, d)
+	calling := func(yield func(json.RawMessage, error) bool) {
+		for i := 0; i < 4; i++ {
+			if _, err := h.CallJSON(ctx, 1, nil); err != nil {
+				yield(nil, err)
+				return
+			}
+			if !yield(json.RawMessage(strconv.Itoa(i)), nil) {
+				return
+			}
+		}
+	}
+	got, err := collect(t, h.CallBidiStream(ctx, 0, calling, nil))
+	if want := `["abcdefghijklmnopqrstuvwxyz",0,"1"] ["abcdefghijklmnopqrstuvwxyz",2,"3"]`; err != nil || strings.Join(got, " ") != want {
+		t.Errorf("pairs: %v, %v; want %s", got, err, want)
 	}
 }
