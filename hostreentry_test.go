@@ -48,6 +48,40 @@ func hostReentryPlugin(t *testing.T, back func(json.RawMessage) (any, error)) *P
 	return h
 }
 
+// Two calls at once with one thread allowed into Python, the first holding
+// a plugin lock across a host call: its way back must not wait for the
+// place the second took while it waits for the lock.
+func TestHostCallReturnsPastTheGate(t *testing.T) {
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, 30*time.Second))
+		return
+	}
+	h := hostReentryPlugin(t, func(json.RawMessage) (any, error) {
+		time.Sleep(200 * time.Millisecond)
+		return "ok", nil
+	})
+	prev := SetThreadLimit(1)
+	defer SetThreadLimit(prev)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := Call[string](ctx, h, 0)
+			errs <- err
+		}()
+		time.Sleep(50 * time.Millisecond)
+	}
+	for range 2 {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("deadlock: a call holding a plugin lock waits for the gate place of a call waiting for that lock")
+		}
+	}
+}
+
 // A host function called while a result is being encoded may call the
 // plugin back on the same thread: the result must come out whole.
 func TestHostCallDuringEncoding(t *testing.T) {
