@@ -264,9 +264,8 @@ func (h *PluginHandle) CallClientStream(ctx context.Context, i int, items iter.S
 	out, err := h.cross(ctx, m, nil, func(ctl *C.fidius_ctl) C.fidius_result {
 		r := C.fidius_call_fed(h.slot, C.Py_ssize_t(i), C.uintptr_t(f.id), bytesPtr(args), C.size_t(len(args)), ctl)
 		runtime.KeepAlive(args)
-		f.forget()
 		return r
-	})
+	}, f.forget) // also when the crossing never ran: C never saw the feed
 	return out, f.hostError(m, err)
 }
 
