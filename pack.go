@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/dsnet/compress/bzip2"
@@ -52,6 +53,13 @@ func PackPackageContext(ctx context.Context, dir, out string) (string, error) {
 		return "", err
 	}
 	prefix := m.Package.Name + "-" + m.Package.Version
+	// The manifest names the archive and its top directory: a separator
+	// (or a NUL) would put the archive outside the directory it is packed
+	// into, and make entries no unpacker takes.
+	if strings.ContainsAny(prefix+"."+m.Package.FileExtension(), "/\\\x00") {
+		return "", fmt.Errorf("%w: packing %s: the package's name, version and extension (%q, %q, %q) name the archive, and may not hold a path separator",
+			ErrManifest, dir, m.Package.Name, m.Package.Version, m.Package.FileExtension())
+	}
 	if out == "" {
 		out = "."
 	}
