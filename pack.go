@@ -155,6 +155,20 @@ func packArchive(ctx context.Context, w io.Writer, dir, prefix string, files []s
 	return bz.Close()
 }
 
+// ustarFits reports whether a plain USTAR header holds an entry: a name of
+// at most 100 bytes, all ASCII, and a size below 8 GiB. Others take PAX.
+func ustarFits(name string, size int64) bool {
+	if len(name) > 100 || size >= 1<<33 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
 func addFile(ctx context.Context, tw *tar.Writer, path, name string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -170,7 +184,7 @@ func addFile(ctx context.Context, tw *tar.Writer, path, name string) error {
 		mode = 0o755
 	}
 	hdr := &tar.Header{Typeflag: tar.TypeReg, Name: name, Size: st.Size(), Mode: mode, ModTime: packTime, Format: tar.FormatPAX}
-	if len(name) <= 100 {
+	if ustarFits(name, st.Size()) {
 		hdr.Format = tar.FormatUSTAR
 	}
 	if err := tw.WriteHeader(hdr); err != nil {
