@@ -12,8 +12,6 @@
 // one is handed to Go in place and released after Go has copied it, so big
 // payloads are copied once.
 #define FIDIUS_SMALL_RESULT (64 * 1024)
-// The thread buffer is freed after a result larger than this.
-#define FIDIUS_KEEP_BUFFER (1024 * 1024)
 
 static PyInterpreterState *interp;
 static pthread_key_t ts_key;

@@ -72,6 +72,18 @@ typedef struct {
 fidius_buf *fidius_tls_buf(void);
 int fidius_buf_grow(fidius_buf *b, size_t extra);
 
+// A thread buffer is freed after a result (or host answer, or input item)
+// larger than this, so that one large value does not stay allocated on
+// every thread it passed through.
+#define FIDIUS_KEEP_BUFFER (1024 * 1024)
+
+static inline void fidius_buf_trim(fidius_buf *b) {
+	if (b->cap > FIDIUS_KEEP_BUFFER) {
+		free(b->p);
+		*b = (fidius_buf){0};
+	}
+}
+
 // fidius_buf_stash sets aside what the thread buffer holds (a result or
 // error part written) before a callback into Go, which may run another
 // call on this thread: that call takes the buffer as its own, from the

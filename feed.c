@@ -22,6 +22,8 @@ typedef struct {
 	int depth;            // and the call's nesting on that thread (fidius_call_depth)
 } feed_object;
 
+size_t fidius_feed_item_cap(void) { return tls_item.cap; }
+
 void fidius_feed_put(const char *p, size_t n) {
 	tls_item.len = 0;
 	fidius_buf_put(&tls_item, p, n);
@@ -60,6 +62,7 @@ static PyObject *feed_next(PyObject *self) {
 	if (rc < 0) {
 		// tls_item holds the host's error message.
 		PyObject *msg = PyUnicode_DecodeUTF8(tls_item.p, (Py_ssize_t)tls_item.len, "replace");
+		fidius_buf_trim(&tls_item);
 		if (msg != NULL) {
 			PyErr_SetObject(fidius_host_stream_error, msg);
 			Py_DECREF(msg);
@@ -69,6 +72,7 @@ static PyObject *feed_next(PyObject *self) {
 	f->count++;
 	char err[256];
 	PyObject *item = fidius_json_decode(tls_item.p, tls_item.len, err, sizeof err);
+	fidius_buf_trim(&tls_item);
 	if (item == NULL)
 		PyErr_Format(fidius_host_stream_error, "item %lld of the host's input stream is not valid JSON: %s", f->count, err);
 	return item;

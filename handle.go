@@ -327,3 +327,7 @@ func (h *PluginHandle) result(ctx context.Context, m *MethodDesc, r C.fidius_res
 // threadBufferCap is the capacity of this OS thread's C output buffer;
 // tests use it to check that a large message does not stay allocated.
 func threadBufferCap() int { return int(C.fidius_buffer_cap()) }
+
+// sideBufferCap is the capacity of this OS thread's C buffers for host
+// answers and host-fed items (tests).
+func sideBufferCap() int { return int(C.fidius_side_buffer_cap()) }

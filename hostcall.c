@@ -10,6 +10,10 @@
 // callback returns.
 static __thread fidius_buf tls_answer;
 
+size_t fidius_feed_item_cap(void); // feed.c
+
+size_t fidius_side_buffer_cap(void) { return tls_answer.cap + fidius_feed_item_cap(); }
+
 void fidius_host_put(const char *p, size_t n) {
 	tls_answer.len = 0;
 	fidius_buf_put(&tls_answer, p, n);
@@ -51,6 +55,7 @@ static PyObject *host_call(PyObject *self, PyObject *const *args, Py_ssize_t nar
 	fidius_buf_unstash(outer);
 	char err[256];
 	PyObject *answer = fidius_json_decode(tls_answer.p, tls_answer.len, err, sizeof err);
+	fidius_buf_trim(&tls_answer);
 	if (answer == NULL) {
 		PyErr_Format(PyExc_RuntimeError, "the host's answer is not JSON: %s", err);
 		return NULL;

@@ -4,6 +4,8 @@ package fidius
 
 import (
 	"encoding/json"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
@@ -103,5 +105,44 @@ func TestHostCallDuringEncoding(t *testing.T) {
 	out, err = h.CallJSON(ctx, 1, nil)
 	if want := `["abcdefghijklmnopqrstuvwxyz","2097152","tail"]`; err != nil || string(out) != want {
 		t.Errorf("big nested result: %.200s, %v; want %s", out, err, want)
+	}
+}
+
+const bigAnswerSource = `
+import fidius
+
+__fidius_host_imports__ = {"Big": {"version": 1, "hash": 0x43}}
+
+def ask():
+    return len(fidius.host("Big").big())
+
+def read(rows):
+    return sum(len(r) for r in rows)
+`
+
+// A large host answer or input item does not stay allocated on the thread
+// it passed through, as a large result does not.
+func TestLargeHostAnswerIsNotKept(t *testing.T) {
+	const n = 40_000_000
+	dir, d := simplePlugin(t, bigAnswerSource, MethodDesc{Name: "ask"}, MethodDesc{Name: "read", ClientStreaming: true})
+	hi := &HostInterface{Name: "Big", Version: 1, Hash: 0x43, Funcs: map[string]HostFunc{
+		"big": func(json.RawMessage) (any, error) { return strings.Repeat("x", n), nil },
+	}}
+	h, err := LoadPythonPlugin(dir, d, WithHostInterface(hi))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	runtime.LockOSThread() // calls under context.Background run on this thread
+	defer runtime.UnlockOSThread()
+	if got, err := Call[int](ctx, h, 0); err != nil || got != n {
+		t.Fatalf("ask: %v, %v", got, err)
+	}
+	big, _ := json.Marshal(strings.Repeat("y", n))
+	if out, err := h.CallClientStream(ctx, 1, items(json.RawMessage(big)), nil); err != nil || string(out) != "40000000" {
+		t.Fatalf("read: %s, %v", out, err)
+	}
+	if c := sideBufferCap(); c > 1<<20 {
+		t.Fatalf("the thread's buffers keep %d bytes after a large host answer and input item", c)
 	}
 }
