@@ -101,6 +101,7 @@ static inline void fidius_buf_unstash(fidius_buf saved) {
 	fidius_buf *b = fidius_tls_buf();
 	if (saved.len == 0) {
 		b->len = 0;
+		fidius_buf_trim(b); // large arguments of a host call, say
 		return;
 	}
 	free(b->p);

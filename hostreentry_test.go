@@ -114,7 +114,7 @@ import fidius
 __fidius_host_imports__ = {"Big": {"version": 1, "hash": 0x43}}
 
 def ask():
-    return len(fidius.host("Big").big())
+    return len(fidius.host("Big").big("z" * 40_000_000))
 
 def read(rows):
     return sum(len(r) for r in rows)
@@ -144,5 +144,8 @@ func TestLargeHostAnswerIsNotKept(t *testing.T) {
 	}
 	if c := sideBufferCap(); c > 1<<20 {
 		t.Fatalf("the thread's buffers keep %d bytes after a large host answer and input item", c)
+	}
+	if c := threadBufferCap(); c > 1<<20 {
+		t.Fatalf("the thread's buffer keeps %d bytes after a host call's large arguments", c)
 	}
 }
