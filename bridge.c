@@ -12,8 +12,6 @@
 // one is handed to Go in place and released after Go has copied it, so big
 // payloads are copied once.
 #define FIDIUS_SMALL_RESULT (64 * 1024)
-// The thread buffer is freed after a result larger than this.
-#define FIDIUS_KEEP_BUFFER (1024 * 1024)
 
 static PyInterpreterState *interp;
 static pthread_key_t ts_key;
@@ -311,6 +309,8 @@ static void pop_slot(void) {
 fidius_slot *fidius_current_slot(void) {
 	return tls_depth > 0 && tls_depth <= FIDIUS_MAX_NESTING ? tls_slots[tls_depth - 1] : NULL;
 }
+
+int fidius_call_depth(void) { return tls_depth; }
 
 // begin takes the GIL for a call through slot s. It returns 0 when the
 // call must not run: cancelled, or abandoned by its caller before it

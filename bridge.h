@@ -7,6 +7,8 @@
 
 #include "fidius.h"
 
+#include <stdlib.h>
+
 void fidius_arm(fidius_ctl *ctl, int cleanup);   // GIL held; cleanup: the grace period starts now
 void fidius_disarm(fidius_ctl *ctl);             // GIL held, on the call's own thread
 void fidius_cancel_enter(fidius_ctl *ctl);       // the call's own thread: whose code runs here (NULL: none)
@@ -23,6 +25,9 @@ void fidius_feed_end(PyObject *feed);
 // fidius_current_slot is the slot of the innermost call running on this
 // thread, or NULL (GIL held).
 fidius_slot *fidius_current_slot(void);
+// fidius_call_depth is how many calls are running on this thread, one
+// inside another (through host functions).
+int fidius_call_depth(void);
 
 // JSON codec (GIL held), used by dispatch and the loader.
 PyObject *fidius_json_decode(const char *in, size_t n, char *err, size_t errlen);
@@ -66,6 +71,42 @@ typedef struct {
 } fidius_buf;
 fidius_buf *fidius_tls_buf(void);
 int fidius_buf_grow(fidius_buf *b, size_t extra);
+
+// A thread buffer is freed after a result (or host answer, or input item)
+// larger than this, so that one large value does not stay allocated on
+// every thread it passed through.
+#define FIDIUS_KEEP_BUFFER (1024 * 1024)
+
+static inline void fidius_buf_trim(fidius_buf *b) {
+	if (b->cap > FIDIUS_KEEP_BUFFER) {
+		free(b->p);
+		*b = (fidius_buf){0};
+	}
+}
+
+// fidius_buf_stash sets aside what the thread buffer holds (a result or
+// error part written) before a callback into Go, which may run another
+// call on this thread: that call takes the buffer as its own, from the
+// start, and may free it. fidius_buf_unstash frees what the callback left
+// and puts the buffer back.
+static inline fidius_buf fidius_buf_stash(void) {
+	fidius_buf *b = fidius_tls_buf(), saved = *b;
+	if (saved.len == 0)
+		return (fidius_buf){0}; // nothing to keep: the buffer may be reused
+	*b = (fidius_buf){0};
+	return saved;
+}
+
+static inline void fidius_buf_unstash(fidius_buf saved) {
+	fidius_buf *b = fidius_tls_buf();
+	if (saved.len == 0) {
+		b->len = 0;
+		fidius_buf_trim(b); // large arguments of a host call, say
+		return;
+	}
+	free(b->p);
+	*b = saved;
+}
 
 static inline int fidius_buf_put(fidius_buf *b, const char *s, size_t n) {
 	if (b->cap - b->len < n && fidius_buf_grow(b, n) < 0)

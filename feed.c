@@ -19,7 +19,10 @@ typedef struct {
 	int busy;        // a next() is waiting for Go
 	long long count; // items produced so far, for messages
 	unsigned long thread; // the thread running the call: the only one that may pull
+	int depth;            // and the call's nesting on that thread (fidius_call_depth)
 } feed_object;
+
+size_t fidius_feed_item_cap(void) { return tls_item.cap; }
 
 void fidius_feed_put(const char *p, size_t n) {
 	tls_item.len = 0;
@@ -34,16 +37,23 @@ static PyObject *feed_next(PyObject *self) {
 		PyErr_SetString(fidius_cancel_type, "the call was cancelled");
 		return NULL;
 	}
-	if (f->busy || PyThread_get_thread_ident() != f->thread) {
-		// Go resumes the host's iterator on the call's own thread only.
+	if (f->busy || PyThread_get_thread_ident() != f->thread || fidius_call_depth() != f->depth) {
+		// Go resumes the host's iterator on the call's own thread only,
+		// and only with the thread locked as it was when the iterator
+		// started: not from a call nested in the call (a host function
+		// that calls the plugin back), which Go runs with one more lock.
 		PyErr_SetString(PyExc_RuntimeError, "the host's input stream can only be read by the thread running the call");
 		return NULL;
 	}
 	f->busy = 1;
 	uintptr_t id = f->id;
+	// The host's iterator may call a plugin on this thread, which takes the
+	// thread buffer; next() may be running while a result is encoded.
+	fidius_buf outer = fidius_buf_stash();
 	PyThreadState *ts = PyEval_SaveThread();
 	int rc = fidiusFeedNext(id);
 	PyEval_RestoreThread(ts);
+	fidius_buf_unstash(outer);
 	f->busy = 0;
 	if (rc == 0) {
 		f->id = 0; // the end: later next() calls need not ask Go again
@@ -52,6 +62,7 @@ static PyObject *feed_next(PyObject *self) {
 	if (rc < 0) {
 		// tls_item holds the host's error message.
 		PyObject *msg = PyUnicode_DecodeUTF8(tls_item.p, (Py_ssize_t)tls_item.len, "replace");
+		fidius_buf_trim(&tls_item);
 		if (msg != NULL) {
 			PyErr_SetObject(fidius_host_stream_error, msg);
 			Py_DECREF(msg);
@@ -61,6 +72,7 @@ static PyObject *feed_next(PyObject *self) {
 	f->count++;
 	char err[256];
 	PyObject *item = fidius_json_decode(tls_item.p, tls_item.len, err, sizeof err);
+	fidius_buf_trim(&tls_item);
 	if (item == NULL)
 		PyErr_Format(fidius_host_stream_error, "item %lld of the host's input stream is not valid JSON: %s", f->count, err);
 	return item;
@@ -96,10 +108,15 @@ PyObject *fidius_feed_new(uintptr_t id, fidius_ctl *ctl) {
 	f->busy = 0;
 	f->count = 0;
 	f->thread = PyThread_get_thread_ident();
+	f->depth = fidius_call_depth();
 	return (PyObject *)f;
 }
 
-void fidius_feed_claim(PyObject *feed) { ((feed_object *)feed)->thread = PyThread_get_thread_ident(); }
+void fidius_feed_claim(PyObject *feed) {
+	feed_object *f = (feed_object *)feed;
+	f->thread = PyThread_get_thread_ident();
+	f->depth = fidius_call_depth();
+}
 
 // fidius_feed_end detaches the feed from Go and from the call, and has Go
 // stop the host's iterator, with the GIL released: its cleanup is Go code

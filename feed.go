@@ -147,7 +147,14 @@ func (f *feed) produce() {
 	defer close(f.exited)
 	defer func() {
 		if p := recover(); p != nil {
-			f.resp <- feedItem{err: fmt.Errorf("the host's input iterator panicked: %v", p)}
+			// Nobody waits for an item once the feed is stopped (or has
+			// had its error): an iterator that goes on after yield said
+			// false panics here, in its cleanup or in the range loop's
+			// own check, and that must not hold up finish.
+			select {
+			case f.resp <- feedItem{err: fmt.Errorf("the host's input iterator panicked: %v", p)}:
+			case <-f.quit:
+			}
 		}
 	}()
 	for item, err := range f.items {
@@ -257,9 +264,8 @@ func (h *PluginHandle) CallClientStream(ctx context.Context, i int, items iter.S
 	out, err := h.cross(ctx, m, nil, func(ctl *C.fidius_ctl) C.fidius_result {
 		r := C.fidius_call_fed(h.slot, C.Py_ssize_t(i), C.uintptr_t(f.id), bytesPtr(args), C.size_t(len(args)), ctl)
 		runtime.KeepAlive(args)
-		f.forget()
 		return r
-	})
+	}, f.forget) // also when the crossing never ran: C never saw the feed
 	return out, f.hostError(m, err)
 }
 

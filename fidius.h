@@ -178,7 +178,10 @@ fidius_result fidius_encode_value(PyObject *o);
 // FIDIUS_INPUT in *r (message in the thread buffer) on bad input.
 PyObject *fidius_decode_value(const char *in, size_t n, fidius_result *r);
 
-// fidius_buffer_cap is the capacity of this thread's output buffer (tests).
+// fidius_buffer_cap is the capacity of this thread's output buffer (tests);
+// fidius_side_buffer_cap that of its buffers for host answers and
+// host-fed items.
 size_t fidius_buffer_cap(void);
+size_t fidius_side_buffer_cap(void);
 
 #endif

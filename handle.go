@@ -212,19 +212,24 @@ func (h *PluginHandle) call(ctx context.Context, i int, kind callKind, dst, inpu
 		r := C.fidius_call(h.slot, C.Py_ssize_t(i), C.int(kind), bytesPtr(input), C.size_t(len(input)), ctl)
 		runtime.KeepAlive(input)
 		return r
-	})
+	}, nil)
 }
 
 // cross makes a call's crossing, as call does: on the caller's goroutine
 // under a context that cannot end, else on a goroutine of its own that the
-// caller can leave.
-func (h *PluginHandle) cross(ctx context.Context, m *MethodDesc, dst []byte, crossing func(*C.fidius_ctl) C.fidius_result) ([]byte, error) {
+// caller can leave. after, if not nil, runs once the crossing has
+// returned or is sure never to run (ctx ended while it waited for a
+// thread), whether or not the caller stayed.
+func (h *PluginHandle) cross(ctx context.Context, m *MethodDesc, dst []byte, crossing func(*C.fidius_ctl) C.fidius_result, after func()) ([]byte, error) {
 	if ctx.Done() == nil {
 		gate.enter(nil)
 		runtime.LockOSThread()
 		out, err := h.result(ctx, m, crossing(nil), dst)
 		runtime.UnlockOSThread()
 		gate.leave()
+		if after != nil {
+			after()
+		}
 		return out, err
 	}
 	c := newCancellation(ctx)
@@ -232,13 +237,23 @@ func (h *PluginHandle) cross(ctx context.Context, m *MethodDesc, dst []byte, cro
 		out  []byte
 		cerr error // not err: a variable the closure shares moves to the heap on every path
 	)
+	orphan := c.free
+	if after != nil {
+		orphan = func() {
+			c.free()
+			after()
+		}
+	}
 	stayed := c.cross(ctx, crossing, func(r C.fidius_result) {
 		out, cerr = h.result(ctx, m, r, dst)
-	}, c.free)
+	}, orphan)
 	if !stayed {
 		return dst, h.interrupted(m, ctx)
 	}
 	c.free()
+	if after != nil {
+		after()
+	}
 	return out, cerr
 }
 
@@ -312,3 +327,7 @@ func (h *PluginHandle) result(ctx context.Context, m *MethodDesc, r C.fidius_res
 // threadBufferCap is the capacity of this OS thread's C output buffer;
 // tests use it to check that a large message does not stay allocated.
 func threadBufferCap() int { return int(C.fidius_buffer_cap()) }
+
+// sideBufferCap is the capacity of this OS thread's C buffers for host
+// answers and host-fed items (tests).
+func sideBufferCap() int { return int(C.fidius_side_buffer_cap()) }

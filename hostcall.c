@@ -10,6 +10,10 @@
 // callback returns.
 static __thread fidius_buf tls_answer;
 
+size_t fidius_feed_item_cap(void); // feed.c
+
+size_t fidius_side_buffer_cap(void) { return tls_answer.cap + fidius_feed_item_cap(); }
+
 void fidius_host_put(const char *p, size_t n) {
 	tls_answer.len = 0;
 	fidius_buf_put(&tls_answer, p, n);
@@ -34,22 +38,24 @@ static PyObject *host_call(PyObject *self, PyObject *const *args, Py_ssize_t nar
 	const char *method = name != NULL ? PyUnicode_AsUTF8AndSize(args[1], &method_len) : NULL;
 	if (method == NULL)
 		return NULL;
-	// The arguments as a JSON array, in a buffer of this call's own: Go
-	// copies it before anything else can run on this thread.
+	// The arguments as a JSON array, in the thread buffer, whose contents
+	// (a result being encoded, when str() of a value calls the host) are
+	// set aside: the host function may call a plugin on this thread. Go
+	// copies the arguments before anything else can run here.
+	fidius_buf outer = fidius_buf_stash();
 	fidius_buf *b = fidius_tls_buf();
-	size_t mark = b->len;
 	if (fidius_json_encode(args[2], 1) < 0) {
-		b->len = mark;
+		fidius_buf_unstash(outer);
 		return NULL; // a TypeError naming the value that has no JSON form
 	}
 	uintptr_t binding = s->host;
 	PyThreadState *ts = PyEval_SaveThread();
-	int rc = fidiusHostCall(binding, (char *)name, (size_t)name_len, (char *)method, (size_t)method_len,
-	                        b->p + mark, b->len - mark);
+	int rc = fidiusHostCall(binding, (char *)name, (size_t)name_len, (char *)method, (size_t)method_len, b->p, b->len);
 	PyEval_RestoreThread(ts);
-	b->len = mark;
+	fidius_buf_unstash(outer);
 	char err[256];
 	PyObject *answer = fidius_json_decode(tls_answer.p, tls_answer.len, err, sizeof err);
+	fidius_buf_trim(&tls_answer);
 	if (answer == NULL) {
 		PyErr_Format(PyExc_RuntimeError, "the host's answer is not JSON: %s", err);
 		return NULL;

@@ -148,8 +148,10 @@ func fidiusHostCall(id C.uintptr_t, name *C.char, nameLen C.size_t, method *C.ch
 	}
 	// The thread leaves the gate while Go runs: the function may call
 	// another plugin, and that call must not wait for this one's place.
+	// It comes back without waiting: the plugin code it returns to may
+	// hold what the thread that took the place waits for (a lock).
 	gate.leave()
-	defer gate.enter(nil)
+	defer gate.reenter()
 	defer func() {
 		// A panic must not unwind through C.
 		if p := recover(); p != nil {

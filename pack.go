@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/dsnet/compress/bzip2"
@@ -50,6 +51,13 @@ func PackPackageContext(ctx context.Context, dir, out string) (string, error) {
 		return "", err
 	}
 	prefix := m.Package.Name + "-" + m.Package.Version
+	// The manifest names the archive and its top directory: a separator
+	// (or a NUL) would put the archive outside the directory it is packed
+	// into, and make entries no unpacker takes.
+	if strings.ContainsAny(prefix+"."+m.Package.FileExtension(), "/\\\x00") {
+		return "", fmt.Errorf("%w: packing %s: the package's name, version and extension (%q, %q, %q) name the archive, and may not hold a path separator",
+			ErrManifest, dir, m.Package.Name, m.Package.Version, m.Package.FileExtension())
+	}
 	if out == "" {
 		out = "."
 	}
@@ -106,6 +114,20 @@ func packArchive(ctx context.Context, w io.Writer, dir, prefix string, files []s
 	return bz.Close()
 }
 
+// ustarFits reports whether a plain USTAR header holds an entry: a name of
+// at most 100 bytes, all ASCII, and a size below 8 GiB. Others take PAX.
+func ustarFits(name string, size int64) bool {
+	if len(name) > 100 || size >= 1<<33 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
 func addFile(ctx context.Context, tw *tar.Writer, path, name string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -121,7 +143,7 @@ func addFile(ctx context.Context, tw *tar.Writer, path, name string) error {
 		mode = 0o755
 	}
 	hdr := &tar.Header{Typeflag: tar.TypeReg, Name: name, Size: st.Size(), Mode: mode, ModTime: packTime, Format: tar.FormatPAX}
-	if len(name) <= 100 {
+	if ustarFits(name, st.Size()) {
 		hdr.Format = tar.FormatUSTAR
 	}
 	if err := tw.WriteHeader(hdr); err != nil {

@@ -128,6 +128,13 @@ func (g *threadGate) enter(done <-chan struct{}) bool {
 	return false
 }
 
+// reenter takes a place back for a thread that left the gate in the
+// middle of a call (a host function) and returns to it, waiting for
+// nothing, even if that puts the gate over its limit for a while: the
+// code it returns to may hold a lock that the thread now holding its
+// place waits for.
+func (g *threadGate) reenter() { g.inUse.Add(1) }
+
 func (g *threadGate) leave() {
 	g.inUse.Add(-1)
 	if g.waiting.Load() > 0 {
