@@ -38,10 +38,9 @@ static PyObject *feed_next(PyObject *self) {
 		return NULL;
 	}
 	if (f->busy || PyThread_get_thread_ident() != f->thread || fidius_call_depth() != f->depth) {
-		// Go resumes the host's iterator on the call's own thread only,
-		// and only with the thread locked as it was when the iterator
-		// started: not from a call nested in the call (a host function
-		// that calls the plugin back), which Go runs with one more lock.
+		// The stream belongs to the call: reads from a plugin thread, or
+		// from a call nested in it (a host function that calls the plugin
+		// back), would race it or find it half-way through an item.
 		PyErr_SetString(PyExc_RuntimeError, "the host's input stream can only be read by the thread running the call");
 		return NULL;
 	}

@@ -25,36 +25,28 @@ import (
 const hostStreamErrorCode = "HostStreamError"
 
 // feed is one call's input: the host's iterator, pulled by C one item at a
-// time, in one of two ways.
+// time. The iterator runs on a goroutine of its own, started by the first
+// pull, which hands over one item per request. A coroutine (iter.Pull2)
+// would be cheaper, but the pulls come from C callbacks on locked
+// threads, and Go ends the process when a coroutine meets another one or
+// a change of thread locking, which an ordinary iterator (another
+// stream's output, an adapter over iter.Pull, one that locks its thread)
+// may do. The goroutines hand items over through one-slot channels, each
+// side spinning briefly before it sleeps, so that a steady stream costs
+// no wake-up of a sleeping thread per item.
 //
-// Pinned, the iterator runs as a coroutine (iter.Pull2) of the one thread
-// that runs every step of the call, so a pull costs a switch, not a
-// wake-up of another thread. Go resumes a coroutine only on the thread,
-// and with the thread locking, it was made with, so the coroutine is made,
-// resumed and stopped only inside callbacks from C on that thread
-// (fidiusFeedNext, fidiusFeedStop), and C lets no other thread pull
-// (feed.c). A client stream is one crossing, always pinned; a
-// bidirectional stream under a context that cannot end keeps the caller's
-// goroutine on its thread for the stream's life.
-//
-// Otherwise (a bidirectional stream whose steps run on whichever thread
-// the hand-off to the caller finds), the iterator runs on a goroutine of
-// its own, which hands over one item per request: each pull then wakes
-// another thread, about a hundred times the cost.
+// Calls from C may come from any thread that runs the plugin's next(), so
+// every use is under mu; after finish, the feed gives the end.
 type feed struct {
-	mu     sync.Mutex
-	items  iter.Seq2[json.RawMessage, error]
-	pinned bool
-	next   func() (json.RawMessage, error, bool) // pinned: nil until the first pull
-	stop   func()
-	done   bool  // the end, an error, or stopped: nothing more is pulled
-	err    error // what the host's iterator failed with, if it did
-	id     uintptr
+	mu    sync.Mutex
+	items iter.Seq2[json.RawMessage, error]
+	done  bool  // the end, an error, or stopped: nothing more is pulled
+	err   error // what the host's iterator failed with, if it did
+	id    uintptr
 
-	// Not pinned: the producing goroutine, started by the first pull.
 	started bool
-	req     chan struct{} // the next item, please
-	resp    chan feedItem
+	req     chan struct{} // the next item, please (one slot)
+	resp    chan feedItem // one slot
 	quit    chan struct{} // closed on stop: the iterator's yield returns false
 	exited  chan struct{} // closed when the iterator has returned
 }
@@ -73,11 +65,8 @@ var feeds = struct {
 	last uintptr
 }{m: map[uintptr]*feed{}}
 
-func newFeed(items iter.Seq2[json.RawMessage, error], pinned bool) *feed {
-	f := &feed{items: items, pinned: pinned}
-	if !pinned {
-		f.req, f.resp, f.quit, f.exited = make(chan struct{}), make(chan feedItem), make(chan struct{}), make(chan struct{})
-	}
+func newFeed(items iter.Seq2[json.RawMessage, error]) *feed {
+	f := &feed{items: items, req: make(chan struct{}, 1), resp: make(chan feedItem, 1), quit: make(chan struct{}), exited: make(chan struct{})}
 	feeds.Lock()
 	feeds.last++
 	f.id = feeds.last
@@ -115,31 +104,55 @@ func (f *feed) finish() {
 		return
 	}
 	f.done = true
-	switch {
-	case f.stop != nil:
-		f.stop()
-	case f.started:
-		close(f.quit)
+	close(f.quit)
+	if f.started {
 		<-f.exited
 	}
 }
 
 // pull returns the host's next item. mu held.
 func (f *feed) pull() feedItem {
-	if f.pinned {
-		if f.next == nil {
-			f.next, f.stop = iter.Pull2(f.items)
-		}
-		item, err, ok := f.next()
-		return feedItem{item: item, err: err, end: !ok}
-	}
 	if !f.started {
 		f.started = true
 		go f.produce()
 	} else {
-		f.req <- struct{}{}
+		f.req <- struct{}{} // never blocks: the producer took the last request
 	}
-	return <-f.resp
+	it, _ := receive(f.resp, nil)
+	return it
+}
+
+// spins is how many times a side of the hand-off looks for the other's
+// message before it sleeps: a few microseconds, about the time Python
+// takes to ask for the next item.
+const spins = 2000
+
+// receive waits for a value on ch, spinning first, or gives up (false)
+// once quit, if not nil, is closed.
+func receive[T any](ch chan T, quit chan struct{}) (T, bool) {
+	var zero T
+	for i := 0; i < spins; i++ {
+		select {
+		case v := <-ch:
+			return v, true
+		case <-quit:
+			return zero, false
+		default:
+		}
+		if i >= 16 && quit != nil {
+			// The producer lets others run while it waits. The puller
+			// does not: it is a locked thread, and a locked goroutine
+			// that yields waits for its thread to be woken, the very
+			// cost the spinning avoids.
+			runtime.Gosched()
+		}
+	}
+	select {
+	case v := <-ch:
+		return v, true
+	case <-quit:
+		return zero, false
+	}
 }
 
 // produce ranges over the host's iterator, one item per request.
@@ -158,13 +171,16 @@ func (f *feed) produce() {
 		}
 	}()
 	for item, err := range f.items {
-		f.resp <- feedItem{item: item, err: err}
+		f.resp <- feedItem{item: item, err: err} // one slot, emptied by the pull that asked
 		if err != nil {
 			return
 		}
 		select {
-		case <-f.req:
 		case <-f.quit:
+			return
+		default:
+		}
+		if _, asked := receive(f.req, f.quit); !asked {
 			return
 		}
 	}
@@ -249,18 +265,19 @@ func (f *feed) hostError(m *MethodDesc, err error) error {
 // real producer (a file, a query, a network stream) can fail part way, and
 // the plugin should see that failure where it reads, not a short stream.
 //
-// items runs on the thread that runs the call, as a coroutine, and only
-// that thread may read the stream: a plugin thread that calls next() on it
-// gets a RuntimeError. Each item costs about one and a half times an item
-// of CallStream. Once ctx ends the plugin gets no more items; an
-// items that blocks should watch ctx itself, since the interrupted call
-// cannot end before items hands over the item it is producing.
+// items runs on a goroutine of its own, so it may be any iterator: another
+// stream's output, an adapter over iter.Pull, one that locks its thread.
+// Only the call itself may read the stream: a plugin thread, or a call
+// nested in it, that calls next() gets a RuntimeError. Once ctx ends the
+// plugin gets no more items; an items that blocks should watch ctx
+// itself, since the interrupted call cannot end before items hands over
+// the item it is producing.
 func (h *PluginHandle) CallClientStream(ctx context.Context, i int, items iter.Seq2[json.RawMessage, error], args []byte) ([]byte, error) {
 	m, err := h.method(ctx, i, clientStreamCall)
 	if err != nil {
 		return nil, err
 	}
-	f := newFeed(items, true) // one crossing: one thread
+	f := newFeed(items)
 	out, err := h.cross(ctx, m, nil, func(ctl *C.fidius_ctl) C.fidius_result {
 		r := C.fidius_call_fed(h.slot, C.Py_ssize_t(i), C.uintptr_t(f.id), bytesPtr(args), C.size_t(len(args)), ctl)
 		runtime.KeepAlive(args)
@@ -276,13 +293,7 @@ func (h *PluginHandle) CallClientStream(ctx context.Context, i int, items iter.S
 // method that yields one output per input never holds more than one.
 // Leaving the loop early closes the generator (its finally blocks run) and
 // then stops items. Each range over the returned iterator calls the method
-// again, with the same items.
-//
-// Under a context that cannot end, the loop keeps its goroutine on one OS
-// thread while it runs, and items runs as a coroutine of that thread, as
-// for CallClientStream. Under a context that can end, steps may run on
-// different threads, so items runs on a goroutine of its own, and each
-// input costs a hand-off between threads (tens of microseconds here).
+// again, with the same items. items runs as for CallClientStream.
 func (h *PluginHandle) CallBidiStream(ctx context.Context, i int, items iter.Seq2[json.RawMessage, error], args []byte) iter.Seq2[json.RawMessage, error] {
 	return func(yield func(json.RawMessage, error) bool) {
 		m, err := h.method(ctx, i, bidiCall)
@@ -290,13 +301,7 @@ func (h *PluginHandle) CallBidiStream(ctx context.Context, i int, items iter.Seq
 			yield(nil, err)
 			return
 		}
-		pinned := ctx.Done() == nil
-		if pinned {
-			// Every step on this goroutine's thread: see feed.
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-		}
-		f := newFeed(items, pinned)
+		f := newFeed(items)
 		s := &stream{h: h, m: m, in: f}
 		s.run(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
 			r := C.fidius_stream_start_fed(h.slot, C.Py_ssize_t(i), C.uintptr_t(f.id), bytesPtr(args), C.size_t(len(args)), ctl, &s.fed)

@@ -1,12 +1,11 @@
-//go:build cgo && fidius_repro
+//go:build cgo
 
-// Reproductions of defects not fixed on this branch: a host-fed stream's
-// input runs as a coroutine (iter.Pull2) of a locked thread, and a
-// bidirectional stream under a context that cannot end locks its
-// goroutine across yields, so any iterator that meets another coroutine
-// or changes the thread's locking ends the process with Go's fatal
-// "coro: OS thread locking must match locking at coroutine creation".
-// And a host function that calls runtime.Goexit. Run with: go test -tags fidius_repro -count=1 -run TestRepro .
+// Host iterators of every kind feed streams: ones that lock their thread,
+// adapters over iter.Pull, another stream's output, and bidirectional
+// loops pulled with iter.Pull2 or zipped with a pulled sequence. When the
+// input ran as a coroutine of the call's locked thread, each of these
+// ended the process ("coro: OS thread locking must match"); each runs in
+// a child process so that a regression cannot take the suite down.
 
 package fidius
 
@@ -19,14 +18,14 @@ import (
 	"time"
 )
 
-func reproBidi(t *testing.T) *PluginHandle {
+func feedEchoPlugin(t *testing.T) *PluginHandle {
 	dir, d := simplePlugin(t, feedThreadSource, MethodDesc{Name: "from_thread", ClientStreaming: true},
 		MethodDesc{Name: "echo", ClientStreaming: true, Streaming: true})
 	return mustLoad(t, dir, d)
 }
 
 // A thread-bound source: valid for a range loop, fatal as a feed.
-func TestReproLockedHostIterator(t *testing.T) {
+func TestFeedSourceLockedHostIterator(t *testing.T) {
 	if !inChild(t) {
 		wantChildPass(t, runChild(t, 30*time.Second))
 		return
@@ -47,7 +46,7 @@ func TestReproLockedHostIterator(t *testing.T) {
 }
 
 // An input adapted from a pull-style source made before the call.
-func TestReproPulledSourceAsInput(t *testing.T) {
+func TestFeedSourcePulledSourceAsInput(t *testing.T) {
 	if !inChild(t) {
 		wantChildPass(t, runChild(t, 30*time.Second))
 		return
@@ -69,12 +68,12 @@ func TestReproPulledSourceAsInput(t *testing.T) {
 }
 
 // One plugin's bidirectional output as another call's input.
-func TestReproBidiOutputAsInput(t *testing.T) {
+func TestFeedSourceBidiOutputAsInput(t *testing.T) {
 	if !inChild(t) {
 		wantChildPass(t, runChild(t, 30*time.Second))
 		return
 	}
-	h, b := clientStreamPlugin(t), reproBidi(t)
+	h, b := clientStreamPlugin(t), feedEchoPlugin(t)
 	out, err := h.CallClientStream(ctx, hidx(h, "total"), b.CallBidiStream(ctx, 1, items(1, 2, 3), nil), nil)
 	if err != nil || string(out) != "6" {
 		t.Fatalf("total: %s, %v", out, err)
@@ -86,12 +85,12 @@ func TestReproBidiOutputAsInput(t *testing.T) {
 }
 
 // iter.Pull2 of a bidirectional stream.
-func TestReproPullBidi(t *testing.T) {
+func TestFeedSourcePullBidi(t *testing.T) {
 	if !inChild(t) {
 		wantChildPass(t, runChild(t, 30*time.Second))
 		return
 	}
-	next, stop := iter.Pull2(reproBidi(t).CallBidiStream(ctx, 1, items(1, 2, 3), nil))
+	next, stop := iter.Pull2(feedEchoPlugin(t).CallBidiStream(ctx, 1, items(1, 2, 3), nil))
 	defer stop()
 	if x, err, ok := next(); !ok || err != nil || string(x) != "1" {
 		t.Fatalf("next: %s, %v, %v", x, err, ok)
@@ -99,7 +98,7 @@ func TestReproPullBidi(t *testing.T) {
 }
 
 // A bidirectional loop that zips its outputs with a pulled sequence.
-func TestReproZipInBidiLoop(t *testing.T) {
+func TestFeedSourceZipInBidiLoop(t *testing.T) {
 	if !inChild(t) {
 		wantChildPass(t, runChild(t, 30*time.Second))
 		return
@@ -107,7 +106,7 @@ func TestReproZipInBidiLoop(t *testing.T) {
 	next, stop := iter.Pull2(items(10, 20, 30))
 	defer stop()
 	var got []string
-	for x, err := range reproBidi(t).CallBidiStream(ctx, 1, items(1, 2, 3), nil) {
+	for x, err := range feedEchoPlugin(t).CallBidiStream(ctx, 1, items(1, 2, 3), nil) {
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,35 +115,5 @@ func TestReproZipInBidiLoop(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "1+10,2+20,3+30" {
 		t.Fatalf("zip: %v", got)
-	}
-}
-
-// A host function that ends its goroutine (t.FailNow, runtime.Goexit)
-// unwinds through the C frames of the call: the call's thread place is
-// never given back (and the Python frames are abandoned), so with one
-// thread allowed every later call waits for ever.
-func TestReproGoexitInHostFunction(t *testing.T) {
-	if !inChild(t) {
-		wantChildPass(t, runChild(t, 30*time.Second))
-		return
-	}
-	h := hostReentryPlugin(t, func(json.RawMessage) (any, error) {
-		runtime.Goexit()
-		return nil, nil
-	})
-	prev := SetThreadLimit(1)
-	defer SetThreadLimit(prev)
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		Call[string](ctx, h, 1) // shown(): its str() calls the host
-	}()
-	<-exited
-	done := make(chan struct{})
-	go func() { Call[string](ctx, h, 2); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(3 * time.Second):
-		t.Fatal("the next call waits for ever: the place was never given back")
 	}
 }
