@@ -127,6 +127,9 @@ func fidiusHostCall(id C.uintptr_t, name *C.char, nameLen C.size_t, method *C.ch
 	fn := C.GoStringN(method, C.int(methodLen))
 	in := json.RawMessage(C.GoBytes(unsafe.Pointer(args), C.int(argsLen)))
 	fail := func(code, msg string, details json.RawMessage) C.int {
+		if len(details) > 0 && !json.Valid(details) {
+			details = nil // a PluginError's details that are not JSON: its code and message still go
+		}
 		b, _ := json.Marshal(struct {
 			Code    string          `json:"code"`
 			Message string          `json:"message"`
