@@ -111,6 +111,7 @@ type ctxReader struct {
 	r   io.Reader
 }
 
+// Read reads from the underlying reader, or fails with ctx's error.
 func (c ctxReader) Read(p []byte) (int, error) {
 	if err := c.ctx.Err(); err != nil {
 		return 0, err

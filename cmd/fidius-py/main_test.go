@@ -199,23 +199,7 @@ func TestCall(t *testing.T) {
 func TestStub(t *testing.T) {
 	dir := t.TempDir()
 	iface := filepath.Join(dir, "greeter.toml")
-	os.WriteFile(iface, []byte(`interface = "Greeter"
-
-[[methods]]
-name = "greet"
-args = ["String"]
-returns = "String"
-
-[[methods]]
-name = "reverse"
-args = ["Vec < u8 >"]
-returns = "Vec < u8 >"
-raw = true
-
-[[methods]]
-name = "fail"
-returns = "String"
-`), 0o644)
+	os.WriteFile(iface, []byte(greeterInterface), 0o644)
 	out, errs, code := cli(t, "", "stub", "--interface", iface)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
