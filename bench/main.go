@@ -73,11 +73,18 @@ const (
 
 var seconds = flag.Float64("seconds", 1, "time spent measuring each row")
 var skipRSS = flag.Bool("skip-rss", false, "skip the memory growth check")
+var benchDir = flag.String("dir", "bench", "the bench directory (floor/, plugin/, worker.py)")
 
 func main() {
 	flag.Parse()
-	_, self, _, _ := runtime.Caller(0)
-	dir := filepath.Dir(self)
+	// The runner's files (floor/, plugin/, worker.py) are found from the
+	// working directory, not from the source path compiled in, which a
+	// -trimpath or moved binary does not have.
+	dir := *benchDir
+	if _, err := os.Stat(filepath.Join(dir, "floor", "floor.c")); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: no floor/floor.c under %s: run from the repository root, or pass -dir\n", dir)
+		os.Exit(2)
+	}
 	pluginDir := filepath.Join(dir, "plugin")
 	if err := run(dir, pluginDir); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
