@@ -42,11 +42,17 @@ def read_kept():
 `
 
 func reentryPlugin(t *testing.T, back func(json.RawMessage) (any, error)) *PluginHandle {
-	dir, d := simplePlugin(t, reentrySource,
+	return loadWithBack(t, reentrySource, back,
 		MethodDesc{Name: "first", ClientStreaming: true, Streaming: true},
 		MethodDesc{Name: "echo", ClientStreaming: true, Streaming: true},
 		MethodDesc{Name: "stash", ClientStreaming: true},
 		MethodDesc{Name: "read_kept"})
+}
+
+// loadWithBack loads a plugin of src offered the host interface "Back",
+// whose one function "again" is back.
+func loadWithBack(t *testing.T, src string, back HostFunc, methods ...MethodDesc) *PluginHandle {
+	dir, d := simplePlugin(t, src, methods...)
 	hi := &HostInterface{Name: "Back", Version: 1, Hash: 0x42, Funcs: map[string]HostFunc{"again": back}}
 	h, err := LoadPythonPlugin(dir, d, WithHostInterface(hi))
 	if err != nil {

@@ -39,15 +39,8 @@ def big():
 `
 
 func hostReentryPlugin(t *testing.T, back func(json.RawMessage) (any, error)) *PluginHandle {
-	dir, d := simplePlugin(t, hostReentrySource,
+	return loadWithBack(t, hostReentrySource, back,
 		MethodDesc{Name: "locked"}, MethodDesc{Name: "shown"}, MethodDesc{Name: "small"}, MethodDesc{Name: "big"})
-	hi := &HostInterface{Name: "Back", Version: 1, Hash: 0x42, Funcs: map[string]HostFunc{"again": back}}
-	h, err := LoadPythonPlugin(dir, d, WithHostInterface(hi))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
 }
 
 // Two calls at once with one thread allowed into Python, the first holding

@@ -6,6 +6,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/bzip2"
+	"context"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
@@ -188,5 +189,21 @@ func writeBzip2(t *testing.T, path string, data []byte) {
 	w.Close()
 	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// PackPackageContext: an ended context packs nothing and leaves no archive.
+func TestPackPackageContext(t *testing.T) {
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	out := filepath.Join(t.TempDir(), "x.fid")
+	if _, err := PackPackageContext(done, "testdata/greeter", out); !errors.Is(err, context.Canceled) {
+		t.Fatalf("packing under an ended context: %v", err)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Error("an interrupted pack left an archive")
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 0 {
+		t.Errorf("an interrupted pack left %d files behind", len(entries))
 	}
 }
