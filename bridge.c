@@ -1,5 +1,4 @@
-// bridge.c owns the interpreter's start, the Python thread state kept for
-// each OS thread, and dispatch: a call takes the GIL, converts, calls,
+// bridge.c owns dispatch: a call takes the GIL, converts, calls,
 // converts back and releases the GIL in one crossing from Go.
 
 #include "bridge.h"
@@ -13,13 +12,6 @@
 // payloads are copied once.
 #define FIDIUS_SMALL_RESULT (64 * 1024)
 
-static PyInterpreterState *interp;
-static pthread_key_t ts_key;
-static PyObject *describe_fn;   // bootstrap describe(exc, structured) -> (bytes, bytes, details)
-PyObject *fidius_fields_fn;     // bootstrap field_names(obj) -> tuple of str, used by json.c
-PyObject *fidius_mapping_abc;   // collections.abc.Mapping, used by json.c
-
-static __thread PyThreadState *tls_ts;
 static __thread fidius_buf tls_buf;
 static __thread PyObject *tls_pending;
 
@@ -54,60 +46,6 @@ void fidius_trim_buffer(void) {
 		tls_buf.cap = 0;
 		tls_buf.len = 0;
 	}
-}
-
-// A thread state created here lives as long as its OS thread. Go rarely
-// ends threads, but when it does the state is deleted so the interpreter
-// does not keep a list of dead threads.
-static void ts_destroy(void *p) {
-	PyThreadState *ts = p;
-	PyEval_RestoreThread(ts);
-	PyThreadState_Clear(ts);
-	PyThreadState_DeleteCurrent();
-	free(tls_buf.p);
-	tls_buf.p = NULL;
-	tls_buf.cap = tls_buf.len = 0;
-}
-
-int fidius_start(void) {
-	if (Py_IsInitialized()) {
-		// Another part of the process started Python. Take a thread state
-		// the PyGILState way and keep it: its counter never drops to zero.
-		PyGILState_Ensure();
-	} else {
-		Py_InitializeEx(0);
-	}
-	interp = PyInterpreterState_Main();
-	tls_ts = PyThreadState_Get();
-	if (pthread_key_create(&ts_key, ts_destroy) != 0)
-		return -1;
-	return 0;
-}
-
-void fidius_gil_acquire(void) {
-	PyThreadState *ts = tls_ts;
-	if (ts == NULL) {
-		ts = PyGILState_GetThisThreadState();
-		if (ts == NULL) {
-			ts = PyThreadState_New(interp);
-			pthread_setspecific(ts_key, ts);
-		}
-		tls_ts = ts;
-	}
-	PyEval_RestoreThread(ts);
-}
-
-void fidius_gil_release(void) { PyEval_SaveThread(); }
-
-void fidius_set_helpers(PyObject *describe, PyObject *fields, PyObject *cancel, PyObject *mapping) {
-	Py_INCREF(describe);
-	Py_INCREF(fields);
-	Py_INCREF(cancel);
-	Py_INCREF(mapping);
-	describe_fn = describe;
-	fidius_fields_fn = fields;
-	fidius_cancel_type = cancel;
-	fidius_mapping_abc = mapping;
 }
 
 // fidius_exec_bootstrap runs the host's private Python helpers in a module
@@ -166,10 +104,11 @@ void fidius_slot_swap(fidius_slot *s, fidius_table *t) {
 	fidius_table_free(old);
 }
 
-fidius_slot *fidius_slot_new(const char *dir) {
+fidius_slot *fidius_slot_new(const char *dir, fidius_rt *rt) {
 	fidius_slot *s = calloc(1, sizeof *s);
 	if (s == NULL)
 		return NULL;
+	s->rt = rt;
 	s->dir = strdup(dir);
 	if (s->dir == NULL) {
 		free(s);
@@ -201,8 +140,9 @@ static void describe_error(fidius_result *r, int structured) {
 	fidius_buf *b = &tls_buf;
 	b->len = 0;
 	PyObject *desc = NULL;
-	if (describe_fn != NULL && value != NULL)
-		desc = PyObject_CallFunctionObjArgs(describe_fn, value, structured ? Py_True : Py_False, NULL);
+	fidius_rt *rt = fidius_rt_current();
+	if (rt != NULL && rt->describe != NULL && value != NULL)
+		desc = PyObject_CallFunctionObjArgs(rt->describe, value, structured ? Py_True : Py_False, NULL);
 	if (desc != NULL && PyTuple_Check(desc) && PyTuple_GET_SIZE(desc) == 3) {
 		put_bytes_obj(b, PyTuple_GET_ITEM(desc, 0), &r->len1);
 		put_bytes_obj(b, PyTuple_GET_ITEM(desc, 1), &r->len2);
@@ -316,12 +256,13 @@ int fidius_call_depth(void) { return tls_depth; }
 // call must not run: cancelled, or abandoned by its caller before it
 // began. The caller must end with leave, whatever happens.
 static int begin(fidius_slot *s, fidius_ctl *ctl) {
-	fidius_gil_acquire();
+	fidius_gil_acquire(s->rt);
+	fidius_call_began(s->rt);
 	tls_buf.len = 0;
 	push_slot(s);
 	if (ctl == NULL)
 		return 1;
-	ctl->ts = tls_ts;
+	ctl->ts = PyThreadState_Get();
 	ctl->slot = s;
 	int waiting = FIDIUS_WAITING;
 	if (!ctl->cancelled &&
@@ -357,7 +298,7 @@ static void settle(fidius_ctl *ctl) {
 // __fidius_configure__) as interruptible through ctl, as a call's is. It
 // returns 0 if the loader's caller has already left: then nothing may run.
 int fidius_load_begin(fidius_ctl *ctl, fidius_slot *s) {
-	ctl->ts = tls_ts;
+	ctl->ts = PyThreadState_Get();
 	ctl->slot = s;
 	int waiting = FIDIUS_WAITING;
 	if (ctl->cancelled ||
@@ -578,7 +519,7 @@ fidius_result fidius_call(fidius_slot *s, Py_ssize_t i, int raw, const char *in,
 void fidius_release_pending(void) {
 	if (tls_pending == NULL)
 		return;
-	fidius_gil_acquire();
+	fidius_gil_acquire(fidius_call_rt());
 	Py_CLEAR(tls_pending);
 	fidius_gil_release();
 }
@@ -691,12 +632,14 @@ fidius_result fidius_stream_next(fidius_slot *s, PyObject *it, PyObject *feed, f
 }
 
 void fidius_stream_close(fidius_slot *s, PyObject *it, PyObject *feed, fidius_ctl *ctl) {
-	fidius_gil_acquire();
+	// Without a slot: the stream a caller left as it started, on the
+	// thread that started it.
+	fidius_gil_acquire(s != NULL ? s->rt : fidius_call_rt());
 	push_slot(s); // finally blocks may call host functions
 	if (ctl != NULL) {
 		// A cancelled stream's generator gets the grace period for its
 		// finally blocks, then is stopped like a cancelled call.
-		ctl->ts = tls_ts;
+		ctl->ts = PyThreadState_Get();
 		ctl->slot = s;
 		ctl->active = 1;
 		fidius_cancel_enter(ctl);

@@ -9,10 +9,36 @@
 
 #include <stdlib.h>
 
+// fidius_rt is one interpreter plugins run in (interp.c): its state, and
+// the library's helper objects made in it, which belong to it and are
+// used only under its GIL.
+struct fidius_rt {
+	PyInterpreterState *is;
+	uint64_t id;                 // never reused
+	struct fidius_rt *next;      // the registry of isolated interpreters
+	PyObject *describe;          // host.py describe(exc, structured) -> (bytes, bytes, details)
+	PyObject *fields;            // host.py field_names(obj) -> tuple of str (json.c)
+	PyObject *mapping;           // collections.abc.Mapping (json.c)
+	PyObject *cancel_type;       // host.py CallCancelled (cancel.c, feed.c)
+	PyObject *host_stream_error; // host.py HostStreamError (feed.c)
+	PyObject *feed_type;         // the HostStream type (feed.c)
+	PyObject *set_events;        // 3.12+: sys.monitoring.set_events (cancel.c)
+	long events_on;              // 3.12+: the events a cancellation needs
+	int armed_calls;             // 3.12+: calls being cancelled, which need them
+	PyThreadState **ts;          // thread states made for it, under the registry's lock
+	int nts, capts;
+};
+
+// fidius_rt_current is the interpreter of the running thread state (GIL
+// held); fidius_call_rt that of the last call begun on this thread
+// (fidius_call_began), where what a call leaves behind is released.
+fidius_rt *fidius_rt_current(void);
+void fidius_call_began(fidius_rt *rt);
+fidius_rt *fidius_call_rt(void);
+
 void fidius_arm(fidius_ctl *ctl, int cleanup);   // GIL held; cleanup: the grace period starts now
 void fidius_disarm(fidius_ctl *ctl);             // GIL held, on the call's own thread
 void fidius_cancel_enter(fidius_ctl *ctl);       // the call's own thread: whose code runs here (NULL: none)
-extern PyObject *fidius_cancel_type;
 
 // Host-fed streams (feed.c), GIL held: a new feed reading Go's iterator
 // feed_id for the call ctl (may be NULL), owned by this thread; claiming

@@ -32,8 +32,6 @@
 // How long a plugin's cleanup may run once cancelled.
 #define FIDIUS_GRACE_NS (200LL * 1000 * 1000)
 
-PyObject *fidius_cancel_type;
-
 static long long now_ns(void) {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -70,7 +68,7 @@ static int plugin_code(fidius_slot *s, PyCodeObject *code) {
 
 static int is_cancel_type(PyObject *type) {
 	return type != NULL && PyType_Check(type) &&
-	       (PyType_IsSubtype((PyTypeObject *)type, (PyTypeObject *)fidius_cancel_type) ||
+	       (PyType_IsSubtype((PyTypeObject *)type, (PyTypeObject *)fidius_rt_current()->cancel_type) ||
 	        PyType_IsSubtype((PyTypeObject *)type, (PyTypeObject *)PyExc_GeneratorExit));
 }
 
@@ -174,7 +172,7 @@ static int cancel_trace(PyObject *obj, PyFrameObject *frame, int what, PyObject 
 	Py_DECREF(code);
 	if (!raise)
 		return 0;
-	PyErr_SetNone(fidius_cancel_type);
+	PyErr_SetNone(fidius_rt_current()->cancel_type);
 	return -1;
 }
 
@@ -240,18 +238,17 @@ void fidius_cancel_enter(fidius_ctl *ctl) { (void)ctl; }
 // LINE events find a function's first line, JUMP and BRANCH events a
 // backward jump. The events are interpreter-wide, so they are enabled only while some call is
 // being cancelled; the callbacks find their call through a thread-local.
+// Each interpreter has its own sys.monitoring: the callbacks are
+// registered, and the events counted, in each (fidius_rt).
 // Meanwhile plugin code on other threads pays for a callback per line.
 
 #define FIDIUS_TOOL_ID 4
 
 static __thread fidius_ctl *tls_call;   // the call whose plugin code this thread runs
-static int armed_calls;                  // GIL-protected
-static PyObject *set_events;             // sys.monitoring.set_events
-static long events_on;                   // PY_START | LINE | JUMP | BRANCH
 
 static PyObject *raise_if(fidius_ctl *ctl, PyCodeObject *code) {
 	if (must_raise(ctl, code)) {
-		PyErr_SetNone(fidius_cancel_type);
+		PyErr_SetNone(ctl->slot->rt->cancel_type);
 		return NULL;
 	}
 	Py_RETURN_NONE;
@@ -295,9 +292,9 @@ static PyMethodDef on_start_def = {"fidius_on_start", (PyCFunction)(void (*)(voi
 static PyMethodDef on_line_def = {"fidius_on_line", (PyCFunction)(void (*)(void))on_line, METH_FASTCALL, NULL};
 static PyMethodDef on_jump_def = {"fidius_on_jump", (PyCFunction)(void (*)(void))on_jump, METH_FASTCALL, NULL};
 
-static int events(long mask) {
+static int events(fidius_rt *rt, long mask) {
 	PyObject *exc = fidius_err_take();
-	PyObject *res = PyObject_CallFunction(set_events, "il", FIDIUS_TOOL_ID, mask);
+	PyObject *res = PyObject_CallFunction(rt->set_events, "il", FIDIUS_TOOL_ID, mask);
 	int rc = res == NULL ? -1 : 0;
 	Py_XDECREF(res);
 	PyErr_Clear();
@@ -312,18 +309,19 @@ static long event_bit(PyObject *names, const char *name) {
 	return bit;
 }
 
-static int register_callback(PyObject *mon, const char *event, PyMethodDef *def, PyObject *names) {
+static int register_callback(fidius_rt *rt, PyObject *mon, const char *event, PyMethodDef *def, PyObject *names) {
 	long bit = event_bit(names, event);
 	PyObject *fn = bit < 0 ? NULL : PyCFunction_New(def, NULL);
 	PyObject *res = fn ? PyObject_CallMethod(mon, "register_callback", "ilO", FIDIUS_TOOL_ID, bit, fn) : NULL;
 	Py_XDECREF(fn);
 	Py_XDECREF(res);
-	events_on |= bit;
+	rt->events_on |= bit;
 	return res == NULL ? -1 : 0;
 }
 
 // fidius_cancel_init registers the callbacks (GIL held, at start-up).
 int fidius_cancel_init(void) {
+	fidius_rt *rt = fidius_rt_current();
 	PyObject *mon = PySys_GetObject("monitoring"); // borrowed
 	if (mon == NULL)
 		return -1;
@@ -331,17 +329,17 @@ int fidius_cancel_init(void) {
 	if (names == NULL)
 		return -1;
 	PyObject *r = PyObject_CallMethod(mon, "use_tool_id", "is", FIDIUS_TOOL_ID, "fidius-go");
-	int rc = r == NULL || register_callback(mon, "PY_START", &on_start_def, names) < 0 ||
-	                 register_callback(mon, "LINE", &on_line_def, names) < 0 ||
-	                 register_callback(mon, "JUMP", &on_jump_def, names) < 0 ||
-	                 register_callback(mon, "BRANCH", &on_jump_def, names) < 0
+	int rc = r == NULL || register_callback(rt, mon, "PY_START", &on_start_def, names) < 0 ||
+	                 register_callback(rt, mon, "LINE", &on_line_def, names) < 0 ||
+	                 register_callback(rt, mon, "JUMP", &on_jump_def, names) < 0 ||
+	                 register_callback(rt, mon, "BRANCH", &on_jump_def, names) < 0
 	             ? -1
 	             : 0;
 	Py_XDECREF(r);
 	Py_DECREF(names);
 	if (rc == 0)
-		set_events = PyObject_GetAttrString(mon, "set_events");
-	return set_events == NULL ? -1 : 0;
+		rt->set_events = PyObject_GetAttrString(mon, "set_events");
+	return rt->set_events == NULL ? -1 : 0;
 }
 
 // fidius_cancel_enter tells this thread which call's plugin code it runs
@@ -358,16 +356,18 @@ void fidius_arm(fidius_ctl *ctl, int cleanup) {
 		return;
 	}
 	ctl->armed = 1;
-	if (armed_calls++ == 0)
-		events(events_on);
+	fidius_rt *rt = ctl->slot->rt;
+	if (rt->armed_calls++ == 0)
+		events(rt, rt->events_on);
 }
 
 void fidius_disarm(fidius_ctl *ctl) {
 	if (!ctl->armed)
 		return;
 	ctl->armed = 0;
-	if (--armed_calls == 0)
-		events(0);
+	fidius_rt *rt = ctl->slot->rt;
+	if (--rt->armed_calls == 0)
+		events(rt, 0);
 }
 
 #endif
@@ -379,7 +379,7 @@ int fidius_rearm(fidius_ctl *ctl) {
 		fidius_disarm(ctl); // the plugin replaced our trace: ours goes, theirs is chained
 #else
 	if (ctl->armed)
-		events(events_on); // the plugin may have turned the events off
+		events(ctl->slot->rt, ctl->slot->rt->events_on); // the plugin may have turned the events off
 #endif
 	fidius_arm(ctl, 0);
 	return 1;

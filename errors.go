@@ -45,6 +45,11 @@ var (
 	// ErrMethodAbsent reports a call of an Optional method that the
 	// loaded plugin does not define (PluginHandle.Implements is false).
 	ErrMethodAbsent = errors.New("optional method not implemented by the plugin")
+	// ErrNotIsolatable reports a plugin loaded WithIsolation that cannot
+	// run in an isolated interpreter: it imports an extension module that
+	// does not support one (the error names it), or the linked CPython is
+	// older than 3.12. Such a plugin runs in the shared interpreter.
+	ErrNotIsolatable = errors.New("plugin cannot run in an isolated interpreter")
 	// ErrInvalidMethodIndex reports a method index outside [0, MethodCount()).
 	ErrInvalidMethodIndex = errors.New("invalid method index")
 	// ErrWireModeMismatch reports a raw method called typed, a typed method

@@ -9,8 +9,6 @@
 // (fidius_feed_put) before its callback returns, so C keeps no Go memory.
 static __thread fidius_buf tls_item;
 
-PyObject *fidius_host_stream_error; // host.py's HostStreamError
-static PyTypeObject *feed_type;
 
 typedef struct {
 	PyObject_HEAD
@@ -34,7 +32,7 @@ static PyObject *feed_next(PyObject *self) {
 	if (f->id == 0)
 		return NULL; // StopIteration: the host's input ended, or the call did
 	if (f->ctl != NULL && f->ctl->cancelled) {
-		PyErr_SetString(fidius_cancel_type, "the call was cancelled");
+		PyErr_SetString(fidius_rt_current()->cancel_type, "the call was cancelled");
 		return NULL;
 	}
 	if (f->busy || PyThread_get_thread_ident() != f->thread || fidius_call_depth() != f->depth) {
@@ -63,7 +61,7 @@ static PyObject *feed_next(PyObject *self) {
 		PyObject *msg = PyUnicode_DecodeUTF8(tls_item.p, (Py_ssize_t)tls_item.len, "replace");
 		fidius_buf_trim(&tls_item);
 		if (msg != NULL) {
-			PyErr_SetObject(fidius_host_stream_error, msg);
+			PyErr_SetObject(fidius_rt_current()->host_stream_error, msg);
 			Py_DECREF(msg);
 		}
 		return NULL;
@@ -73,7 +71,7 @@ static PyObject *feed_next(PyObject *self) {
 	PyObject *item = fidius_json_decode(tls_item.p, tls_item.len, err, sizeof err);
 	fidius_buf_trim(&tls_item);
 	if (item == NULL)
-		PyErr_Format(fidius_host_stream_error, "item %lld of the host's input stream is not valid JSON: %s", f->count, err);
+		PyErr_Format(fidius_rt_current()->host_stream_error, "item %lld of the host's input stream is not valid JSON: %s", f->count, err);
 	return item;
 }
 
@@ -92,14 +90,14 @@ static PyType_Spec feed_spec = {
 };
 
 int fidius_feed_init(PyObject *host_stream_error) {
-	Py_INCREF(host_stream_error);
-	fidius_host_stream_error = host_stream_error;
-	feed_type = (PyTypeObject *)PyType_FromSpec(&feed_spec);
-	return feed_type == NULL ? -1 : 0;
+	fidius_rt *rt = fidius_rt_current();
+	rt->host_stream_error = Py_NewRef(host_stream_error);
+	rt->feed_type = PyType_FromSpec(&feed_spec);
+	return rt->feed_type == NULL ? -1 : 0;
 }
 
 PyObject *fidius_feed_new(uintptr_t id, fidius_ctl *ctl) {
-	feed_object *f = PyObject_New(feed_object, feed_type);
+	feed_object *f = PyObject_New(feed_object, (PyTypeObject *)fidius_rt_current()->feed_type);
 	if (f == NULL)
 		return NULL;
 	f->id = id;

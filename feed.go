@@ -277,9 +277,13 @@ func (h *PluginHandle) CallClientStream(ctx context.Context, i int, items iter.S
 	if err != nil {
 		return nil, err
 	}
+	t, ok := h.target()
+	if !ok {
+		return nil, h.errClosed()
+	}
 	f := newFeed(items)
-	out, err := h.cross(ctx, m, nil, func(ctl *C.fidius_ctl) C.fidius_result {
-		r := C.fidius_call_fed(h.slot, C.Py_ssize_t(i), C.uintptr_t(f.id), bytesPtr(args), C.size_t(len(args)), ctl)
+	out, err := h.cross(ctx, t, m, nil, func(ctl *C.fidius_ctl) C.fidius_result {
+		r := C.fidius_call_fed(t.slot, C.Py_ssize_t(i), C.uintptr_t(f.id), bytesPtr(args), C.size_t(len(args)), ctl)
 		runtime.KeepAlive(args)
 		return r
 	}, f.forget) // also when the crossing never ran: C never saw the feed
@@ -301,10 +305,14 @@ func (h *PluginHandle) CallBidiStream(ctx context.Context, i int, items iter.Seq
 			yield(nil, err)
 			return
 		}
+		s := &stream{h: h, m: m}
+		if !s.use(yield) {
+			return
+		}
 		f := newFeed(items)
-		s := &stream{h: h, m: m, in: f}
+		s.in = f
 		s.run(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
-			r := C.fidius_stream_start_fed(h.slot, C.Py_ssize_t(i), C.uintptr_t(f.id), bytesPtr(args), C.size_t(len(args)), ctl, &s.fed)
+			r := C.fidius_stream_start_fed(s.t.slot, C.Py_ssize_t(i), C.uintptr_t(f.id), bytesPtr(args), C.size_t(len(args)), ctl, &s.fed)
 			runtime.KeepAlive(args)
 			return r
 		}, yield)

@@ -53,8 +53,13 @@ typedef struct {
 // is the package directory: code from files under it, outside its vendor/
 // directory, is the plugin's own and the only code a cancellation
 // interrupts. The slot is freed by Go once the handle is unreachable.
+// fidius_rt is an interpreter plugins run in: the main one, or an
+// isolated one (interp.c).
+typedef struct fidius_rt fidius_rt;
+
 typedef struct {
 	fidius_table *tab;
+	fidius_rt *rt;      // the interpreter the table's functions live in
 	char *dir;          // malloc'd, bytes as the file system spells them
 	PyObject *own;      // str: dir + "/", made when first needed
 	PyObject *vendor;   // str: dir + "/vendor/"
@@ -92,13 +97,22 @@ typedef struct {
 	int armed;           // 3.12+: the monitoring events serve this call
 } fidius_ctl;
 
-// Interpreter lifetime and the GIL.
-int fidius_start(void);          // Py_InitializeEx(0) once; returns with the GIL held
-void fidius_gil_acquire(void);   // takes the GIL with this OS thread's kept thread state
-void fidius_gil_release(void);
+// Interpreters and their GILs (interp.c).
+int fidius_start(void);                   // Py_InitializeEx(0) once; returns with the main GIL held
+fidius_rt *fidius_main_rt(void);
+int fidius_rt_isolated(fidius_rt *rt);
+void fidius_gil_acquire(fidius_rt *rt);   // takes rt's GIL with this OS thread's kept state in rt
+void fidius_gil_release(void);            // releases the GIL this thread holds
+// fidius_rt_new makes an isolated interpreter (3.12+) with its own GIL,
+// from a thread holding no GIL, and returns holding the new GIL; NULL with
+// the reason in *r (data/len). refused asks for a configuration CPython
+// refuses (tests). fidius_rt_end ends one, holding its GIL, once nothing
+// runs in it; the thread holds no GIL afterwards.
+fidius_rt *fidius_rt_new(int refused, fidius_result *r);
+void fidius_rt_end(fidius_rt *rt);
 
-// Helpers from the bootstrap module, set once at start-up (GIL held): the
-// exception describer, the dataclass field lister, the exception type
+// Helpers from the bootstrap module, set once in each interpreter (its GIL
+// held): the exception describer, the dataclass field lister, the exception type
 // raised into interrupted calls, and collections.abc.Mapping.
 void fidius_set_helpers(PyObject *describe, PyObject *fields, PyObject *cancel, PyObject *mapping);
 PyObject *fidius_exec_bootstrap(const char *src, const char *filename);
@@ -132,14 +146,14 @@ void fidius_stream_close(fidius_slot *s, PyObject *it, PyObject *feed, fidius_ct
 fidius_result fidius_call_fed(fidius_slot *s, Py_ssize_t i, uintptr_t feed_id, const char *in, size_t n, fidius_ctl *ctl);
 fidius_result fidius_stream_start_fed(fidius_slot *s, Py_ssize_t i, uintptr_t feed_id, const char *in, size_t n, fidius_ctl *ctl, PyObject **feed);
 void fidius_feed_put(const char *p, size_t n);
-int fidius_feed_init(PyObject *host_stream_error);   // GIL held, once at start-up
+int fidius_feed_init(PyObject *host_stream_error);   // GIL held, once in each interpreter
 
 // Host functions (hostcall.c): the _fidius_host module, made once at
 // start-up (GIL held). Its call() runs Go's fidiusHostCall(slot->host, ...)
 // for the innermost call on the thread, with the GIL released; Go answers
 // with fidius_host_put (the result's JSON, or {"code", "message",
 // "details"}) and 1 or -1.
-int fidius_host_init(void);
+int fidius_host_init(void);   // GIL held, once in each interpreter
 void fidius_host_put(const char *p, size_t n);
 
 // Cancellation (cancel.c). fidius_interrupt marks ctl's call cancelled and,
@@ -154,14 +168,14 @@ int fidius_rearm(fidius_ctl *ctl);
 // returns 0 when the load's caller has already left: nothing may run.
 int fidius_load_begin(fidius_ctl *ctl, fidius_slot *s);
 void fidius_load_end(fidius_ctl *ctl);
-int fidius_cancel_init(void);                    // GIL held, once at start-up
+int fidius_cancel_init(void);                    // GIL held, once in each interpreter
 
 // Tables and slots (GIL held by the caller).
 fidius_table *fidius_table_new(Py_ssize_t n, PyObject *owner);
 void fidius_table_set(fidius_table *t, Py_ssize_t i, PyObject *fn);
 void fidius_table_free(fidius_table *t);
 void fidius_slot_swap(fidius_slot *s, fidius_table *t);   // frees the old table; t may be NULL
-fidius_slot *fidius_slot_new(const char *dir);           // no GIL needed; NULL when out of memory
+fidius_slot *fidius_slot_new(const char *dir, fidius_rt *rt); // no GIL needed; NULL when out of memory
 void fidius_slot_free(fidius_slot *s);                   // GIL held
 
 // Errors outside dispatch (GIL held): describes and clears the pending

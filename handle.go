@@ -27,7 +27,8 @@ const keepBuffer = 1 << 20
 // any number of goroutines at once; calls into Python take turns on the GIL.
 type PluginHandle struct {
 	plugin  *plugin
-	slot    *C.fidius_slot // C memory: calls go through it, Reload and Close swap it
+	slot    *C.fidius_slot // C memory: calls go through it, Reload and Close swap it; nil when isolated
+	pool    *pool          // an isolated plugin's instances, or nil
 	closed  atomic.Bool
 	present atomic.Pointer[[]bool] // which methods the loaded code defines; swapped by Reload
 }
@@ -38,7 +39,7 @@ type PluginHandle struct {
 func newHandle(p *plugin, slot *C.fidius_slot) *PluginHandle {
 	h := &PluginHandle{plugin: p, slot: slot}
 	runtime.AddCleanup(h, func(s *C.fidius_slot) {
-		go withGIL(func() { freeSlot(s) })
+		go withGILOf(s.rt, func() { freeSlot(s) })
 	}, slot)
 	return h
 }
@@ -69,14 +70,31 @@ func (h *PluginHandle) Implements(i int) bool {
 func (h *PluginHandle) MethodCount() int { return len(h.plugin.desc.Methods) }
 
 // Close releases the handle's Python references. Calls running at the time
-// finish normally; later calls return ErrClosed. Close is idempotent and
-// always returns nil.
+// finish normally; later calls return ErrClosed. An isolated plugin's
+// interpreters end: before Close returns those no call uses, the others
+// as soon as their calls are over. Close is idempotent and always returns
+// nil.
 func (h *PluginHandle) Close() error {
 	if h.closed.Swap(true) {
 		return nil
 	}
-	withGIL(func() { C.fidius_slot_swap(h.slot, nil) })
+	if h.pool != nil {
+		h.pool.close()
+		return nil
+	}
+	withGILOf(h.slot.rt, func() { C.fidius_slot_swap(h.slot, nil) })
 	return nil
+}
+
+// target picks what a call runs through: the handle's slot, or one of an
+// isolated plugin's instances, held until the call hands it back with
+// t.inst.done(). ok is false when the handle is closed.
+func (h *PluginHandle) target() (t target, ok bool) {
+	if h.pool == nil {
+		return target{slot: h.slot}, true
+	}
+	t = h.pool.get()
+	return t, t.inst != nil
 }
 
 func (h *PluginHandle) errAbsent(m *MethodDesc) error {
@@ -196,31 +214,48 @@ func (h *PluginHandle) call(ctx context.Context, i int, kind callKind, dst, inpu
 	if err != nil {
 		return dst, err
 	}
+	t, ok := h.target()
+	if !ok {
+		return dst, h.errClosed()
+	}
 	if ctx.Done() == nil {
 		if !gate.tryEnter() {
 			gate.enter(nil)
 		}
 		runtime.LockOSThread()
-		r := C.fidius_call(h.slot, C.Py_ssize_t(i), C.int(kind), bytesPtr(input), C.size_t(len(input)), nil)
+		r := C.fidius_call(t.slot, C.Py_ssize_t(i), C.int(kind), bytesPtr(input), C.size_t(len(input)), nil)
 		out, err := h.result(ctx, m, r, dst)
 		runtime.UnlockOSThread()
 		gate.leave()
+		t.inst.done()
 		runtime.KeepAlive(input)
 		return out, err
 	}
-	return h.cross(ctx, m, dst, func(ctl *C.fidius_ctl) C.fidius_result {
-		r := C.fidius_call(h.slot, C.Py_ssize_t(i), C.int(kind), bytesPtr(input), C.size_t(len(input)), ctl)
+	return h.cross(ctx, t, m, dst, func(ctl *C.fidius_ctl) C.fidius_result {
+		r := C.fidius_call(t.slot, C.Py_ssize_t(i), C.int(kind), bytesPtr(input), C.size_t(len(input)), ctl)
 		runtime.KeepAlive(input)
 		return r
 	}, nil)
 }
 
-// cross makes a call's crossing, as call does: on the caller's goroutine
-// under a context that cannot end, else on a goroutine of its own that the
-// caller can leave. after, if not nil, runs once the crossing has
-// returned or is sure never to run (ctx ended while it waited for a
-// thread), whether or not the caller stayed.
-func (h *PluginHandle) cross(ctx context.Context, m *MethodDesc, dst []byte, crossing func(*C.fidius_ctl) C.fidius_result, after func()) ([]byte, error) {
+// cross makes a call's crossing through t, as call does: on the caller's
+// goroutine under a context that cannot end, else on a goroutine of its
+// own that the caller can leave. after, if not nil, runs once the
+// crossing has returned or is sure never to run (ctx ended while it
+// waited for a thread), whether or not the caller stayed; then t's
+// instance is handed back.
+func (h *PluginHandle) cross(ctx context.Context, t target, m *MethodDesc, dst []byte, crossing func(*C.fidius_ctl) C.fidius_result, after func()) ([]byte, error) {
+	if t.inst != nil {
+		if after == nil {
+			after = t.inst.done
+		} else {
+			f := after
+			after = func() {
+				f()
+				t.inst.done()
+			}
+		}
+	}
 	if ctx.Done() == nil {
 		gate.enter(nil)
 		runtime.LockOSThread()
@@ -232,7 +267,7 @@ func (h *PluginHandle) cross(ctx context.Context, m *MethodDesc, dst []byte, cro
 		}
 		return out, err
 	}
-	c := newCancellation(ctx)
+	c := newCancellation(ctx, t)
 	var (
 		out  []byte
 		cerr error // not err: a variable the closure shares moves to the heap on every path

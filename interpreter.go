@@ -1,6 +1,7 @@
-// This file owns the process's one embedded interpreter: starting it once,
-// the host's private Python helpers, and the embedded copy of the fidius
-// SDK.
+// This file owns the interpreters: starting the process's main one once,
+// setting up any interpreter (the host's private Python helpers, the
+// embedded copy of the fidius SDK), and the helpers the loader calls in
+// each.
 
 package fidius
 
@@ -37,7 +38,21 @@ var (
 	startOnce sync.Once
 	startErr  error
 
-	// Helpers from host.py, owned for the life of the process.
+	// shared is the main interpreter, which plugins loaded without
+	// isolation share; set once started.
+	shared *interp
+)
+
+// interp is an interpreter plugins run in: the main one, or an isolated
+// one (isolation.go). Its helpers are objects of that interpreter, used
+// only under its GIL.
+type interp struct {
+	rt *C.fidius_rt
+	// turn serialises the imports the library starts in the interpreter;
+	// see importing.
+	turn chan struct{}
+
+	// Helpers from host.py, owned as long as the interpreter lives.
 	dropModules     *pyObject
 	modulesUnder    *pyObject
 	restoreModules  *pyObject
@@ -45,7 +60,20 @@ var (
 	ensureSDK       *pyObject
 	registeredNames *pyObject
 	useVirtualEnv   *pyObject
-)
+	isolate         *pyObject
+}
+
+// withGIL runs f in the interpreter; see withGILOf.
+func (in *interp) withGIL(f func()) { withGILOf(in.rt, f) }
+
+// dropHelpers releases the helpers, before the interpreter ends. GIL held.
+func (in *interp) dropHelpers() {
+	for _, o := range []**pyObject{&in.dropModules, &in.modulesUnder, &in.restoreModules, &in.foreignLocation,
+		&in.ensureSDK, &in.registeredNames, &in.useVirtualEnv, &in.isolate} {
+		(*o).decRef()
+		*o = nil
+	}
+}
 
 // ensureInterpreter starts the interpreter the first time it is called;
 // later calls return the first call's result. The interpreter is never
@@ -70,7 +98,17 @@ func startInterpreter() error {
 	// fidius_start returns holding the GIL; from here on the GIL is only
 	// ever held for the length of a call.
 	defer C.fidius_gil_release()
+	in := &interp{rt: C.fidius_main_rt(), turn: make(chan struct{}, 1)}
+	if err := in.setUp(); err != nil {
+		return err
+	}
+	shared = in
+	return nil
+}
 
+// setUp runs host.py in the interpreter, hands C the helpers it needs,
+// keeps the ones Go calls, and installs the embedded SDK. GIL held.
+func (in *interp) setUp() error {
 	src := C.CString(hostSource)
 	defer C.free(unsafe.Pointer(src))
 	name := C.CString("<fidius-go>/host.py")
@@ -97,8 +135,8 @@ func startInterpreter() error {
 		dst  **pyObject
 	}{
 		{"describe", &describe}, {"field_names", &fields}, {"install_sdk", &install}, {"CallCancelled", &cancelled}, {"Mapping", &mapping}, {"HostStreamError", &hostStreamError},
-		{"drop_modules", &dropModules}, {"restore_modules", &restoreModules}, {"modules_under", &modulesUnder}, {"foreign_location", &foreignLocation},
-		{"ensure_sdk", &ensureSDK}, {"registered_methods", &registeredNames}, {"use_virtual_env", &useVirtualEnv},
+		{"drop_modules", &in.dropModules}, {"restore_modules", &in.restoreModules}, {"modules_under", &in.modulesUnder}, {"foreign_location", &in.foreignLocation},
+		{"ensure_sdk", &in.ensureSDK}, {"registered_methods", &in.registeredNames}, {"use_virtual_env", &in.useVirtualEnv}, {"isolate", &in.isolate},
 	} {
 		if *h.dst = mod.getAttr(h.name); *h.dst == nil {
 			return takeImportError("<fidius-go>/host.py")

@@ -16,8 +16,6 @@
 // and deeper results before the encoder's C recursion can exhaust the stack.
 #define FIDIUS_MAX_DEPTH 1000
 
-extern PyObject *fidius_fields_fn;
-extern PyObject *fidius_mapping_abc;
 
 typedef struct {
 	const char *start, *p, *end;
@@ -680,7 +678,7 @@ static int enc_dict(enc_state *e, PyObject *o) {
 
 static int enc_dataclass(enc_state *e, PyObject *o) {
 	fidius_buf *b = e->b;
-	PyObject *names = PyObject_CallOneArg(fidius_fields_fn, o);
+	PyObject *names = PyObject_CallOneArg(fidius_rt_current()->fields, o);
 	if (names == NULL)
 		return -1;
 	int rc = fidius_buf_putc(b, '{');
@@ -711,7 +709,8 @@ static int enc_dataclass(enc_state *e, PyObject *o) {
 }
 
 static int is_dataclass_instance(PyObject *o) {
-	if (fidius_fields_fn == NULL || PyType_Check(o))
+	fidius_rt *rt = fidius_rt_current();
+	if (rt == NULL || rt->fields == NULL || PyType_Check(o))
 		return 0;
 	int has = PyObject_HasAttrString((PyObject *)Py_TYPE(o), "__dataclass_fields__");
 	return has;
@@ -811,8 +810,9 @@ static PyObject *as_json_value(PyObject *o) {
 	}
 	if (PyAnySet_Check(o))
 		return PySequence_List(o);
-	if (fidius_mapping_abc != NULL) {
-		int is = PyObject_IsInstance(o, fidius_mapping_abc);
+	fidius_rt *rt = fidius_rt_current();
+	if (rt != NULL && rt->mapping != NULL) {
+		int is = PyObject_IsInstance(o, rt->mapping);
 		if (is < 0)
 			return NULL;
 		if (is) {

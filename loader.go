@@ -22,18 +22,18 @@ import (
 	"go.uber.org/zap"
 )
 
-// importTurn serialises the imports the library starts: loads, reloads
-// and inspections. They share one sys.modules, and an import gives up the
-// GIL (a plugin's top level may sleep or read files), so without it a
-// reload could drop modules another load is still importing, or a load
-// could pick up a module a failed reload is about to put back. It is
-// always taken before the GIL, never while holding it, and waiting for it
-// ends with the waiter's context.
-var importTurn = make(chan struct{}, 1)
-
-// importing runs f holding the import turn and the GIL, on a pinned thread,
-// with the plugin code f runs (imports, __fidius_configure__) interrupted
-// like a call's when ctx ends; slot names the package whose code that is.
+// importing runs f in interpreter in, holding its import turn and its GIL,
+// on a pinned thread, with the plugin code f runs (imports,
+// __fidius_configure__) interrupted like a call's when ctx ends; t.slot
+// names the package whose code that is.
+//
+// The turn serialises the imports the library starts in an interpreter:
+// loads, reloads and inspections. They share one sys.modules, and an
+// import gives up the GIL (a plugin's top level may sleep or read files),
+// so without it a reload could drop modules another load is still
+// importing, or a load could pick up a module a failed reload is about to
+// put back. It is always taken before the GIL, never while holding it, and
+// waiting for it ends with the waiter's context.
 // finish runs right after f, still holding the GIL, with kept false when
 // the caller will not receive what f made (ctx ended), so that it can undo
 // it: free a table, drop half-imported modules, leave a handle as it was.
@@ -43,32 +43,38 @@ var importTurn = make(chan struct{}, 1)
 // interrupt stops it. finish runs once whatever happens, also when f never
 // ran (ctx ended while waiting for the turn or a thread): then in the
 // background, so that the caller need not wait for the GIL.
-func importing(ctx context.Context, slot *C.fidius_slot, f func(), finish func(kept bool)) error {
-	skipped := func() { go withGIL(func() { finish(false) }) }
+func importing(ctx context.Context, in *interp, t target, f func(), finish func(kept bool)) error {
+	skipped := func() {
+		t.inst.hold()
+		go func() {
+			in.withGIL(func() { finish(false) })
+			t.inst.done()
+		}()
+	}
 	select {
-	case importTurn <- struct{}{}:
+	case in.turn <- struct{}{}:
 	default:
 		select {
-		case importTurn <- struct{}{}:
+		case in.turn <- struct{}{}:
 		case <-ctx.Done():
 			skipped()
 			return ctx.Err()
 		}
 	}
 	if ctx.Done() == nil {
-		defer func() { <-importTurn }()
-		withGIL(func() {
+		defer func() { <-in.turn }()
+		in.withGIL(func() {
 			f()
 			finish(true)
 		})
 		return nil
 	}
-	c := newCancellation(ctx)
+	c := newCancellation(ctx, t)
 	var kept, ran bool
 	stayed := c.cross(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
 		ran = true
-		C.fidius_gil_acquire()
-		if C.fidius_load_begin(ctl, slot) != 0 {
+		C.fidius_gil_acquire(in.rt)
+		if C.fidius_load_begin(ctl, t.slot) != 0 {
 			f()
 		}
 		C.fidius_load_end(ctl)
@@ -82,7 +88,7 @@ func importing(ctx context.Context, slot *C.fidius_slot, f func(), finish func(k
 		if !ran {
 			skipped()
 		}
-		<-importTurn
+		<-in.turn
 		c.free()
 	})
 	if !stayed {
@@ -91,7 +97,7 @@ func importing(ctx context.Context, slot *C.fidius_slot, f func(), finish func(k
 	if !ran {
 		skipped() // no thread was free before ctx ended
 	}
-	<-importTurn
+	<-in.turn
 	c.free()
 	if !kept {
 		if err := ctx.Err(); err != nil {
@@ -105,10 +111,11 @@ func importing(ctx context.Context, slot *C.fidius_slot, f func(), finish func(k
 // liveSlots counts the slots made and not yet freed (tests).
 var liveSlots atomic.Int64
 
-// newSlot makes the C slot a handle calls through, empty.
-func newSlot(dir string) *C.fidius_slot {
+// newSlot makes the C slot a handle calls through, empty, for code in
+// interpreter rt.
+func newSlot(dir string, rt *C.fidius_rt) *C.fidius_slot {
 	cdir := C.CString(dir)
-	slot := C.fidius_slot_new(cdir)
+	slot := C.fidius_slot_new(cdir, rt)
 	C.free(unsafe.Pointer(cdir))
 	if slot == nil {
 		panic("fidius: out of memory allocating a handle")
@@ -218,9 +225,13 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, opt
 	if err != nil {
 		return nil, err
 	}
-	p := &plugin{manifest: m, hosts: o.hosts, dir: dir, entry: m.Python.EntryModule, desc: desc.clone(), config: config, logger: o.logger}
+	p := &plugin{manifest: m, hosts: o.hosts, dir: dir, entry: m.Python.EntryModule, desc: desc.clone(), config: config, logger: o.logger, strict: o.strict}
+	if o.isolated > 0 {
+		return p.loadIsolated(ctx, o.isolated)
+	}
 
-	slot := newSlot(dir)
+	in := shared
+	slot := newSlot(dir, in.rt)
 	if o.strict {
 		slot.strict = 1
 	}
@@ -229,15 +240,15 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, opt
 		inserted []string
 		before   *pyObject
 	)
-	ierr := importing(ctx, slot, func() {
+	ierr := importing(ctx, in, target{slot: slot}, func() {
 		inserted, err = prependSysPath(dir)
 		if err != nil {
 			return
 		}
-		if before, err = p.modulesUnder(); err != nil {
+		if before, err = p.modulesUnder(in); err != nil {
 			return
 		}
-		gen, err = p.importTable()
+		gen, err = p.importTable(in)
 	}, func(kept bool) {
 		if err == nil && kept {
 			slot.tab = gen.tab
@@ -246,7 +257,7 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, opt
 			if gen != nil {
 				C.fidius_table_free(gen.tab)
 			}
-			p.restoreModules(before) // a later load of the fixed package starts afresh
+			p.restoreModules(in, before) // a later load of the fixed package starts afresh
 		}
 		before.decRef()
 		if slot.tab == nil {
@@ -277,13 +288,13 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, opt
 
 // modulesUnder returns the package's modules now in sys.modules, for
 // restoreModules to go back to. GIL held.
-func (p *plugin) modulesUnder() (*pyObject, error) {
+func (p *plugin) modulesUnder(in *interp) (*pyObject, error) {
 	dir := pyPath(p.dir)
 	if dir == nil {
 		return nil, fmt.Errorf("%w: listing the modules of %s: %s", ErrImportFailed, p.dir, clearError())
 	}
 	defer dir.decRef()
-	mods := modulesUnder.call(dir)
+	mods := in.modulesUnder.call(dir)
 	if mods == nil {
 		return nil, fmt.Errorf("%w: listing the modules of %s: %s", ErrImportFailed, p.dir, clearError())
 	}
@@ -292,14 +303,14 @@ func (p *plugin) modulesUnder() (*pyObject, error) {
 
 // restoreModules drops the package's modules from sys.modules and puts
 // back the ones in saved. GIL held.
-func (p *plugin) restoreModules(saved *pyObject) {
+func (p *plugin) restoreModules(in *interp, saved *pyObject) {
 	dir := pyPath(p.dir)
 	if dir == nil {
 		clearError()
 		return
 	}
 	defer dir.decRef()
-	callHelper(restoreModules, dir, saved)
+	callHelper(in.restoreModules, dir, saved)
 }
 
 // openPythonPackage starts the interpreter if needed and reads the
@@ -324,13 +335,13 @@ func openPythonPackage(packageDir string) (string, *Manifest, error) {
 
 // importEntry imports the entry module and makes sure it is the
 // package's own. GIL held.
-func (p *plugin) importEntry() (*pyObject, error) {
-	callHelper(ensureSDK) // a plugin may have removed the embedded SDK's finder
+func (p *plugin) importEntry(in *interp) (*pyObject, error) {
+	callHelper(in.ensureSDK) // a plugin may have removed the embedded SDK's finder
 	mod := importModule(p.entry)
 	if mod == nil {
 		return nil, takeImportError(p.entry)
 	}
-	if err := p.checkLocation(mod); err != nil {
+	if err := p.checkLocation(in, mod); err != nil {
 		mod.decRef()
 		return nil, err
 	}
@@ -356,8 +367,8 @@ type generation struct {
 
 // importTable imports the entry module, checks its hash, configures it if
 // the plugin is configured, and resolves the descriptor's methods. GIL held.
-func (p *plugin) importTable() (*generation, error) {
-	mod, err := p.importEntry()
+func (p *plugin) importTable(in *interp) (*generation, error) {
+	mod, err := p.importEntry(in)
 	if err != nil {
 		return nil, err
 	}
@@ -436,13 +447,13 @@ func (p *plugin) configure(mod *pyObject) (*pyObject, error) {
 
 // checkLocation makes sure the imported entry module is the package's own.
 // GIL held.
-func (p *plugin) checkLocation(mod *pyObject) error {
+func (p *plugin) checkLocation(in *interp, mod *pyObject) error {
 	dir := pyPath(p.dir)
 	if dir == nil {
 		return fmt.Errorf("%w: locating module %q: %s", ErrImportFailed, p.entry, clearError())
 	}
 	defer dir.decRef()
-	where := foreignLocation.call(mod, dir)
+	where := in.foreignLocation.call(mod, dir)
 	if where == nil {
 		return fmt.Errorf("%w: locating module %q: %s", ErrImportFailed, p.entry, clearError())
 	}
@@ -508,19 +519,20 @@ func InspectPythonPackageContext(ctx context.Context, packageDir string) (*Packa
 	}
 	p := &plugin{dir: dir, entry: m.Python.EntryModule}
 	r := &PackageReport{Manifest: m}
-	slot := newSlot(dir) // only to name the code a cancellation interrupts
+	in := shared
+	slot := newSlot(dir, in.rt) // only to name the code a cancellation interrupts
 	var before *pyObject
-	ierr := importing(ctx, slot, func() {
+	ierr := importing(ctx, in, target{slot: slot}, func() {
 		if _, err = prependSysPath(dir); err != nil {
 			return
 		}
-		if before, err = p.modulesUnder(); err != nil {
+		if before, err = p.modulesUnder(in); err != nil {
 			return
 		}
-		err = p.inspect(r)
+		err = p.inspect(in, r)
 	}, func(kept bool) {
 		if (err != nil || !kept) && before != nil {
-			p.restoreModules(before)
+			p.restoreModules(in, before)
 		}
 		before.decRef()
 		freeSlot(slot)
@@ -535,8 +547,8 @@ func InspectPythonPackageContext(ctx context.Context, packageDir string) (*Packa
 }
 
 // inspect imports the entry module and fills in what it declares. GIL held.
-func (p *plugin) inspect(r *PackageReport) error {
-	mod, err := p.importEntry()
+func (p *plugin) inspect(in *interp, r *PackageReport) error {
+	mod, err := p.importEntry(in)
 	if err != nil {
 		return err
 	}
@@ -547,7 +559,7 @@ func (p *plugin) inspect(r *PackageReport) error {
 	r.Configurable = mod.hasAttr("__fidius_configure__")
 	entry := pyString(p.entry)
 	defer entry.decRef()
-	names := registeredNames.call(entry)
+	names := in.registeredNames.call(entry)
 	if names == nil {
 		return fmt.Errorf("%w: listing the methods of %q: %s", ErrImportFailed, p.entry, clearError())
 	}
@@ -585,23 +597,27 @@ func (h *PluginHandle) ReloadContext(ctx context.Context) error {
 		return err
 	}
 	p := h.plugin
+	if h.pool != nil {
+		return h.reloadIsolated(ctx)
+	}
+	in := shared
 	var (
 		err   error
 		saved *pyObject
 		gen   *generation
 	)
-	ierr := importing(ctx, h.slot, func() {
+	ierr := importing(ctx, in, target{slot: h.slot}, func() {
 		dir := pyPath(p.dir)
 		if dir == nil {
 			err = fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
 			return
 		}
 		defer dir.decRef()
-		if saved = dropModules.call(dir); saved == nil {
+		if saved = in.dropModules.call(dir); saved == nil {
 			err = fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
 			return
 		}
-		gen, err = p.importTable()
+		gen, err = p.importTable(in)
 	}, func(kept bool) {
 		switch {
 		case err == nil && gen != nil && kept && !h.closed.Load():
@@ -614,10 +630,10 @@ func (h *PluginHandle) ReloadContext(ctx context.Context) error {
 			}
 			// saved is nil when the caller left before anything ran.
 			if !kept && saved != nil {
-				p.restoreModules(saved)
+				p.restoreModules(in, saved)
 			}
 		case saved != nil:
-			p.restoreModules(saved)
+			p.restoreModules(in, saved)
 		}
 		saved.decRef()
 	})

@@ -22,6 +22,7 @@ type loadOptions struct {
 	config    any
 	hasConfig bool
 	hosts     map[string]*HostInterface
+	isolated  int // instances, each in an interpreter of its own; 0: the shared interpreter
 }
 
 // HostFunc is a function a host offers its plugins. args is the JSON array
@@ -98,6 +99,20 @@ func WithStrictValues() Option {
 	return func(o *loadOptions) { o.strict = true }
 }
 
+// WithIsolation runs the plugin in n isolated interpreters (n < 1 means
+// 1) instead of the shared one: each is a CPython sub-interpreter with its
+// own GIL, its own sys.modules and its own copy of the plugin, imported
+// (and configured) separately. Calls on the handle go to the least busy
+// instance, so n instances run n calls at once on n cores, and packages
+// with the same module names, or different versions of one library, load
+// side by side. Isolation needs CPython 3.12 or later, and extension
+// modules that support it; a plugin that imports one that does not fails
+// to load with ErrNotIsolatable. Each instance costs memory and start-up
+// time of its own: see Isolation in the README.
+func WithIsolation(n int) Option {
+	return func(o *loadOptions) { o.isolated = max(n, 1) }
+}
+
 // plugin is what a handle needs to import its plugin again.
 type plugin struct {
 	manifest *Manifest
@@ -107,6 +122,7 @@ type plugin struct {
 	desc     *InterfaceDescriptor
 	config   []byte // JSON; nil for a plugin that is not configured
 	logger   *zap.Logger
+	strict   bool // WithStrictValues
 }
 
 // PackageReport is what a Python plugin package declares about itself.

@@ -43,8 +43,11 @@ func (h *PluginHandle) CallStream(ctx context.Context, i int, input []byte) iter
 			return
 		}
 		s := &stream{h: h, m: m}
+		if !s.use(yield) {
+			return
+		}
 		s.run(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
-			r := C.fidius_stream_start(h.slot, C.Py_ssize_t(i), bytesPtr(input), C.size_t(len(input)), ctl)
+			r := C.fidius_stream_start(s.t.slot, C.Py_ssize_t(i), bytesPtr(input), C.size_t(len(input)), ctl)
 			runtime.KeepAlive(input)
 			return r
 		}, yield)
@@ -56,6 +59,7 @@ func (h *PluginHandle) CallStream(ctx context.Context, i int, input []byte) iter
 type stream struct {
 	h  *PluginHandle
 	m  *MethodDesc
+	t  target        // held from use until finish
 	c  *cancellation // nil when ctx can never end
 	it *C.PyObject   // the iterator, once started; a reference owned here
 	in *feed         // a bidirectional call's input, or nil
@@ -66,12 +70,23 @@ type stream struct {
 	orphaned bool
 }
 
+// use picks what the stream runs through, or yields ErrClosed.
+func (s *stream) use(yield func(json.RawMessage, error) bool) bool {
+	t, ok := s.h.target()
+	if !ok {
+		yield(nil, s.h.errClosed())
+		return false
+	}
+	s.t = t
+	return true
+}
+
 // run starts the stream with the crossing start, then hands each item to
 // yield until the iterator ends, fails, or yield asks to stop.
 func (s *stream) run(ctx context.Context, start func(*C.fidius_ctl) C.fidius_result, yield func(json.RawMessage, error) bool) {
 	h, m := s.h, s.m
 	if ctx.Done() != nil {
-		s.c = newCancellation(ctx)
+		s.c = newCancellation(ctx, s.t)
 	}
 	var err error
 	if !s.step(ctx, start, func(r C.fidius_result) {
@@ -95,7 +110,7 @@ func (s *stream) run(ctx context.Context, start func(*C.fidius_ctl) C.fidius_res
 			end  bool
 		)
 		if !s.step(ctx, func(ctl *C.fidius_ctl) C.fidius_result {
-			return C.fidius_stream_next(h.slot, s.it, s.fed, ctl)
+			return C.fidius_stream_next(s.t.slot, s.it, s.fed, ctl)
 		}, func(r C.fidius_result) {
 			if end = r.status == C.FIDIUS_END; !end {
 				item, err = h.result(ctx, m, r, nil)
@@ -174,7 +189,7 @@ func (s *stream) finish() {
 		}
 		gate.enter(nil)
 		runtime.LockOSThread()
-		C.fidius_stream_close(s.h.slot, s.it, s.fed, ctl)
+		C.fidius_stream_close(s.t.slot, s.it, s.fed, ctl)
 		runtime.UnlockOSThread()
 		gate.leave()
 		s.it, s.fed = nil, nil
@@ -185,5 +200,6 @@ func (s *stream) finish() {
 	if s.c != nil {
 		s.c.free()
 	}
+	s.t.inst.done()
 	runtime.KeepAlive(s.h)
 }

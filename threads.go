@@ -144,13 +144,13 @@ func (g *threadGate) leave() {
 	}
 }
 
-// withGIL runs f on a pinned OS thread holding the GIL, with that thread's
-// kept Python thread state, taking a place at the gate. f must not wait on
-// anything that itself needs the GIL.
-func withGIL(f func()) {
+// withGILOf runs f on a pinned OS thread holding the GIL of interpreter
+// rt, with that thread's kept Python thread state in it, taking a place at
+// the gate. f must not wait on anything that itself needs that GIL.
+func withGILOf(rt *C.fidius_rt, f func()) {
 	gate.enter(nil)
 	runtime.LockOSThread()
-	C.fidius_gil_acquire()
+	C.fidius_gil_acquire(rt)
 	defer func() {
 		C.fidius_gil_release()
 		runtime.UnlockOSThread()
@@ -176,14 +176,17 @@ func pythonMainThread(started chan<- error) {
 // its registration with ctx.
 type cancellation struct {
 	ctl  *C.fidius_ctl // C memory; C keeps no Go pointer
+	rt   *C.fidius_rt  // the interpreter the call runs in, whose GIL guards ctl
+	inst *instance     // an isolated call's instance, kept alive while ctl may be used
 	stop func() bool
 	// refs counts who may still use ctl: the call, and the canceller once
 	// ctx has ended. The last to let go puts ctl back.
 	refs atomic.Int32
 }
 
-func newCancellation(ctx context.Context) *cancellation {
-	c := &cancellation{ctl: ctls.get()}
+func newCancellation(ctx context.Context, t target) *cancellation {
+	c := &cancellation{ctl: ctls.get(), rt: t.slot.rt, inst: t.inst}
+	t.inst.hold()
 	c.refs.Store(2)
 	c.stop = context.AfterFunc(ctx, func() { canceller.send(c) })
 	return c
@@ -194,6 +197,7 @@ func newCancellation(ctx context.Context) *cancellation {
 func (c *cancellation) free() {
 	if c.stop() {
 		ctls.put(c.ctl) // the canceller will never see it
+		c.inst.done()
 		return
 	}
 	c.release()
@@ -202,6 +206,7 @@ func (c *cancellation) free() {
 func (c *cancellation) release() {
 	if c.refs.Add(-1) == 0 {
 		ctls.put(c.ctl)
+		c.inst.done()
 	}
 }
 
@@ -377,18 +382,33 @@ func (q *cancelQueue) run() {
 			continue
 		}
 		var still, done []*cancellation
-		C.fidius_gil_acquire()
+		// Each call's control block is read under the GIL of its own
+		// interpreter; the thread moves from one to the next.
+		var held *C.fidius_rt
+		hold := func(rt *C.fidius_rt) {
+			if held != rt {
+				if held != nil {
+					C.fidius_gil_release()
+				}
+				C.fidius_gil_acquire(rt)
+				held = rt
+			}
+		}
 		for _, c := range batch {
+			hold(c.rt)
 			C.fidius_interrupt(c.ctl)
 		}
 		for _, c := range append(watching, batch...) {
+			hold(c.rt)
 			if C.fidius_rearm(c.ctl) != 0 {
 				still = append(still, c)
 			} else {
 				done = append(done, c)
 			}
 		}
-		C.fidius_gil_release()
+		if held != nil {
+			C.fidius_gil_release()
+		}
 		for _, c := range done {
 			c.release()
 		}

@@ -139,7 +139,7 @@ func TestThreadLimit(t *testing.T) {
 	hold := make(chan struct{})
 	released := make(chan struct{})
 	go func() {
-		withGIL(func() {})
+		shared.withGIL(func() {})
 		gate.enter(nil) // the only place
 		close(hold)
 		<-released

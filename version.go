@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 )
 
 // PythonVersion returns the version of the CPython this program is linked
@@ -40,7 +41,8 @@ func pythonMinor() string {
 // sys.executable becomes the environment's python. The environment must
 // be one of the Python this program runs (the same minor version, see
 // PythonVersion): compiled extension modules of another version do not
-// load. It affects every plugin, since they share one interpreter.
+// load. It affects every plugin: those in the shared interpreter at once,
+// and isolated ones loaded afterwards (WithIsolation).
 //
 // A directory without pyvenv.cfg, or of another Python version, matches
 // ErrVirtualEnv; one that does not exist also matches fs.ErrNotExist.
@@ -67,21 +69,49 @@ func UseVirtualEnv(venvDir string) error {
 	if err := ensureInterpreter(); err != nil {
 		return err
 	}
-	withGIL(func() {
-		s, e := pyPath(site), pyPath(exe)
-		defer s.decRef()
-		defer e.decRef()
-		if s == nil || e == nil {
-			err = fmt.Errorf("%w: adding %s: %s", ErrVirtualEnv, site, clearError())
-			return
-		}
-		if res := useVirtualEnv.call(s, e); res != nil {
-			res.decRef()
-		} else {
-			err = fmt.Errorf("%w: adding %s: %s", ErrVirtualEnv, site, clearError())
-		}
-	})
+	shared.withGIL(func() { err = shared.addVirtualEnv(site, exe) })
+	if err == nil {
+		venvs.Lock()
+		venvs.list = append(venvs.list, [2]string{site, exe})
+		venvs.Unlock()
+	}
 	return err
+}
+
+// venvs are the virtual environments added so far, for the isolated
+// interpreters made from now on: site-packages and executable.
+var venvs struct {
+	sync.Mutex
+	list [][2]string
+}
+
+// addVirtualEnv adds a virtual environment to the interpreter. GIL held.
+func (in *interp) addVirtualEnv(site, exe string) error {
+	s, e := pyPath(site), pyPath(exe)
+	defer s.decRef()
+	defer e.decRef()
+	if s == nil || e == nil {
+		return fmt.Errorf("%w: adding %s: %s", ErrVirtualEnv, site, clearError())
+	}
+	if res := in.useVirtualEnv.call(s, e); res != nil {
+		res.decRef()
+		return nil
+	}
+	return fmt.Errorf("%w: adding %s: %s", ErrVirtualEnv, site, clearError())
+}
+
+// replayVirtualEnvs adds the virtual environments added so far to a new
+// isolated interpreter. GIL held.
+func (in *interp) replayVirtualEnvs() error {
+	venvs.Lock()
+	list := append([][2]string(nil), venvs.list...)
+	venvs.Unlock()
+	for _, v := range list {
+		if err := in.addVirtualEnv(v[0], v[1]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // venvVersion reads the Python version a virtual environment was made

@@ -5,7 +5,6 @@
 
 import collections.abc
 import dataclasses
-import faulthandler
 import importlib
 import importlib._bootstrap
 import importlib.util
@@ -13,6 +12,11 @@ import os
 import sys
 import traceback
 import weakref
+
+try:
+    import faulthandler
+except ImportError:  # an isolated interpreter cannot load it, nor can its plugins
+    faulthandler = None
 
 _extract_tb = traceback.extract_tb
 _from_list = traceback.StackSummary.from_list
@@ -282,9 +286,11 @@ def keep_go_signals():
     runs them (signal.signal is refused anyway: no plugin code runs on
     Python's main thread)."""
     fh = sys.modules.get("faulthandler", faulthandler)
-    if fh.is_enabled():
+    if fh is None:
+        pass
+    elif fh.is_enabled():
         fh.disable()  # puts back the handlers it saved: Go's
-    if fh.enable is not _no_fatal_handlers:
+    if fh is not None and fh.enable is not _no_fatal_handlers:
         fh.enable = _no_fatal_handlers
         fh.register = _refuse_register
     for name in ("signal", "_signal"):
@@ -293,6 +299,35 @@ def keep_go_signals():
             mod = importlib.import_module(name)
         if getattr(mod, "pthread_sigmask", _refuse_sigmask) is not _refuse_sigmask:
             mod.pthread_sigmask = _refuse_sigmask
+
+
+class _NotIsolatable:
+    """A finder, first on sys.meta_path of an isolated interpreter, that
+    refuses the extension modules named before CPython runs their init
+    function. CPython 3.12 runs a single-phase init function in the
+    isolated interpreter before refusing the module, and what it leaves
+    behind (_decimal, _datetime) crashes the process when the main
+    interpreter imports the module later. The standard library falls back
+    to its pure-Python versions (decimal, datetime) on this ImportError."""
+
+    def __init__(self, names):
+        self._names = frozenset(names)
+
+    def find_spec(self, name, path=None, target=None):
+        if name in self._names:
+            raise ImportError(
+                f"module {name} does not support loading in subinterpreters "
+                "(refused by fidius before its init function runs)",
+                name=name,
+            )
+        return None
+
+
+def isolate(names):
+    """Set up an isolated interpreter: refuse the extension modules names
+    before CPython tries them."""
+    if names:
+        sys.meta_path.insert(0, _NotIsolatable(names))
 
 
 def ensure_sdk():
