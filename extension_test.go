@@ -22,6 +22,7 @@ def numpy_sum():
 `
 
 func TestExtensionModulesLoad(t *testing.T) {
+	sharedOnly(t, "an isolated interpreter refuses _ctypes and _decimal on 3.12 (TestIsolatedRefusesExtensionModules)")
 	// Extension modules are shared objects that find the C API in the
 	// process: in a static build the executable must export it.
 	dir, d := simplePlugin(t, extensionSource, MethodDesc{Name: "load"}, MethodDesc{Name: "numpy_sum"})

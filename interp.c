@@ -4,6 +4,17 @@
 // each OS thread keeps for each interpreter it has run code in. Nothing
 // here uses PyGILState_*: it knows one thread state per thread, which is
 // wrong as soon as a thread runs code in two interpreters.
+//
+// CPython 3.12 and 3.13 still keep, per OS thread, the "gilstate" thread
+// state PyGILState_* would use, and move it to whichever state the thread
+// last attached, clearing a flag in the one it had before. A state of an
+// isolated interpreter is deleted when the interpreter ends, from another
+// thread, so the next attach on its own thread would write to freed
+// memory. So the states of isolated interpreters are never made a
+// thread's gilstate one: each is marked as bound already (the flag
+// attaching tests) when made, and unmarked before it is deleted (so that
+// deleting it does not clear the deleting thread's binding). Every
+// thread's gilstate state stays its main-interpreter one.
 
 #include "bridge.h"
 
@@ -132,6 +143,16 @@ static void remember(fidius_rt *rt, PyThreadState *ts) {
 	pthread_mutex_unlock(&reg_mu);
 }
 
+// unbindable keeps attaching ts from making it its thread's gilstate
+// state (see the top of the file).
+static void unbindable(PyThreadState *ts) {
+#if PY_VERSION_HEX >= 0x030C0000
+	ts->_status.bound_gilstate = 1;
+#else
+	(void)ts;
+#endif
+}
+
 static PyThreadState *sub_ts(fidius_rt *rt) {
 	for (int i = 0; i < tls_nsubs; i++)
 		if (tls_subs[i].id == rt->id)
@@ -140,6 +161,7 @@ static PyThreadState *sub_ts(fidius_rt *rt) {
 	PyThreadState *ts = PyThreadState_New(rt->is);
 	if (ts == NULL)
 		Py_FatalError("fidius: cannot make a thread state");
+	unbindable(ts);
 	remember(rt, ts);
 	return ts;
 }
@@ -220,6 +242,11 @@ fidius_rt *fidius_rt_new(int refused, fidius_result *r) {
 	}
 	fidius_gil_acquire(&main_rt);
 	PyThreadState *caller = PyThreadState_Get();
+	// A new interpreter does not write bytecode; it writes it when the
+	// main one does, to the same sys.pycache_prefix (set up in each).
+	PyObject *flag = PySys_GetObject("dont_write_bytecode"); // borrowed
+	int no_bytecode = flag != NULL && PyObject_IsTrue(flag) == 1;
+	PyErr_Clear();
 	// An interpreter of its own: its own GIL and allocator, no fork or
 	// exec, threads but not daemon threads (it could not end while one
 	// runs), and only extension modules that support it.
@@ -242,7 +269,17 @@ fidius_rt *fidius_rt_new(int refused, fidius_result *r) {
 		free(rt);
 		return NULL;
 	}
+	// Making it attached the new state and made it this thread's gilstate
+	// one. Attaching the main one again moves the binding back; then the
+	// new one is marked so that it never takes it.
+	PyEval_SaveThread();
+	PyEval_RestoreThread(caller);
+	PyEval_SaveThread();
+	unbindable(ts);
+	PyEval_RestoreThread(ts);
 	rt->is = PyThreadState_GetInterpreter(ts);
+	if (PySys_SetObject("dont_write_bytecode", no_bytecode ? Py_True : Py_False) < 0)
+		PyErr_Clear();
 	pthread_mutex_lock(&reg_mu);
 	rt->id = reg_next_id++;
 	rt->next = reg_head;
@@ -279,6 +316,7 @@ void fidius_rt_end(fidius_rt *rt) {
 	rt->nts = rt->capts = 0;
 	pthread_mutex_unlock(&reg_mu);
 	for (int i = 0; i < n; i++) {
+		states[i]->_status.bound_gilstate = 0; // deleting it must not unbind this thread's
 		if (states[i] == self)
 			continue;
 		PyThreadState_Clear(states[i]);

@@ -226,7 +226,7 @@ func newInterp(refused bool) (*interp, error) {
 
 // newInstance makes an interpreter and imports the plugin into it, as
 // load does in the shared one.
-func (p *plugin) newInstance(ctx context.Context, strict bool) (*instance, *generation, error) {
+func (p *plugin) newInstance(ctx context.Context, verb string) (*instance, *generation, error) {
 	var (
 		in  *interp
 		err error
@@ -241,7 +241,7 @@ func (p *plugin) newInstance(ctx context.Context, strict bool) (*instance, *gene
 	}
 	inst := &instance{in: in, slot: newSlot(p.dir, in.rt)}
 	inst.refs.Store(1)
-	if strict {
+	if p.strict {
 		inst.slot.strict = 1
 	}
 	var gen *generation
@@ -263,13 +263,14 @@ func (p *plugin) newInstance(ctx context.Context, strict bool) (*instance, *gene
 	}
 	inst.done() // the import may still run in the background: it holds the instance too
 	if ierr != nil {
-		return nil, nil, fmt.Errorf("loading package %s: %w", p.dir, ierr)
+		return nil, nil, fmt.Errorf("%s package %s: %w", verb, p.dir, ierr)
 	}
 	return nil, nil, notIsolatable(err)
 }
 
-// startInstances makes n instances of the plugin, or none.
-func (p *plugin) startInstances(ctx context.Context, n int, strict bool) ([]*instance, *generation, error) {
+// startInstances makes n instances of the plugin, or none; verb says
+// what for in the error of an interrupted import.
+func (p *plugin) startInstances(ctx context.Context, n int, verb string) ([]*instance, *generation, error) {
 	if err := isolationAvailable(); err != nil {
 		return nil, nil, err
 	}
@@ -278,7 +279,7 @@ func (p *plugin) startInstances(ctx context.Context, n int, strict bool) ([]*ins
 		first *generation
 	)
 	for range n {
-		inst, gen, err := p.newInstance(ctx, strict)
+		inst, gen, err := p.newInstance(ctx, verb)
 		if err != nil {
 			endAll(insts)
 			return nil, nil, err
@@ -316,7 +317,7 @@ func notIsolatable(err error) error {
 
 // loadIsolated is load for a plugin WithIsolation(n).
 func (p *plugin) loadIsolated(ctx context.Context, n int) (*PluginHandle, error) {
-	insts, gen, err := p.startInstances(ctx, n, p.strict)
+	insts, gen, err := p.startInstances(ctx, n, "loading")
 	if err != nil {
 		return nil, err
 	}
@@ -342,7 +343,21 @@ func (h *PluginHandle) reloadIsolated(ctx context.Context) error {
 	if old == nil {
 		return h.errClosed()
 	}
-	insts, gen, err := p.startInstances(ctx, len(*old), p.strict)
+	// The fresh interpreters must not take the old code from the bytecode
+	// cache: an edit within the same second that keeps a file's size
+	// passes its check.
+	if first := (*old)[0]; first.tryHold() {
+		first.in.withGIL(func() {
+			if dir := pyPath(p.dir); dir != nil {
+				callHelper(first.in.forgetBytecode, dir)
+				dir.decRef()
+			} else {
+				clearError()
+			}
+		})
+		first.done()
+	}
+	insts, gen, err := p.startInstances(ctx, len(*old), "reloading")
 	if err != nil {
 		return err
 	}

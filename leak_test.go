@@ -79,6 +79,7 @@ func TestNoPythonLeakPerCall(t *testing.T) {
 // the method defines anew on every call: once the call is over, the class
 // must be collectable.
 func TestNoLeakOfDataclassesDefinedPerCall(t *testing.T) {
+	sharedOnly(t, "it counts blocks through another plugin, in another interpreter")
 	g := greeter(t)
 	dir, d := simplePlugin(t, `
 import dataclasses
@@ -118,6 +119,7 @@ def make(n):
 // dataclass field cache, the SDK registry) holds on to a module a reload
 // replaced.
 func TestReloadReleasesTheOldModule(t *testing.T) {
+	sharedOnly(t, "its probe imports another plugin's module")
 	probeDir, probeDesc := simplePlugin(t, `
 import gc
 REFS = []

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -142,9 +143,31 @@ func simplePlugin(t testing.TB, body string, methods ...MethodDesc) (string, *In
 	return dir, &InterfaceDescriptor{InterfaceName: "Test", InterfaceHash: 0x1234, Methods: methods}
 }
 
+// modeOptions are the options mustLoad loads with: none, or with
+// FIDIUS_TEST_ISOLATION=N in the environment WithIsolation(N), so that
+// the tests written against the shared interpreter check isolated
+// plugins too (CI runs the conformance tests both ways).
+var modeOptions = func() []Option {
+	if n, err := strconv.Atoi(os.Getenv("FIDIUS_TEST_ISOLATION")); err == nil && n > 0 {
+		return []Option{WithIsolation(n)}
+	}
+	return nil
+}()
+
+
+
+// sharedOnly skips a test of what only the shared interpreter does (one
+// sys.modules, one sys.path, streams one plugin can restore for another)
+// when the suite runs with FIDIUS_TEST_ISOLATION; why says what differs.
+func sharedOnly(t testing.TB, why string) {
+	t.Helper()
+	if modeOptions != nil {
+		t.Skip("shared interpreter only: " + why)
+	}
+}
 func mustLoad(t testing.TB, dir string, d *InterfaceDescriptor) *PluginHandle {
 	t.Helper()
-	h, err := LoadPythonPlugin(dir, d)
+	h, err := LoadPythonPlugin(dir, d, modeOptions...)
 	if err != nil {
 		t.Fatalf("LoadPythonPlugin: %v", err)
 	}
@@ -418,6 +441,7 @@ func sysPath(t *testing.T) []string {
 
 // 10.
 func TestSysPath(t *testing.T) {
+	sharedOnly(t, "it reads sys.path through another plugin")
 	mod := moduleName(t)
 	shadow := mod + "_shadow"
 	dir := writePackage(t, mod, map[string]string{
@@ -823,7 +847,12 @@ def set(on):
     sys.dont_write_bytecode = not on
     return not old
 `})
-	h := mustLoad(t, dir, &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "set"}}})
+	// In the shared interpreter: isolated ones made afterwards follow it.
+	h, err := LoadPythonPlugin(dir, &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "set"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
 	was, err := Call[bool](ctx, h, 0, true)
 	if err != nil {
 		t.Fatal(err)

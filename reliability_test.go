@@ -19,6 +19,7 @@ import (
 // Load time.
 
 func TestSameEntryModuleInTwoPackages(t *testing.T) {
+	sharedOnly(t, "isolated plugins have a sys.modules each (TestIsolatedSameEntryModule)")
 	mod := moduleName(t)
 	first := writePackage(t, mod, map[string]string{mod + ".py": "__interface_hash__ = 1\ndef who(): return 'first'\n"})
 	second := writePackage(t, mod, map[string]string{mod + ".py": "__interface_hash__ = 1\ndef who(): return 'second'\n"})
@@ -227,6 +228,7 @@ func TestHostileCalls(t *testing.T) {
 		wantErr(t, err, ErrOutputEncode, "inf")
 	})
 	t.Run("thread_outlives_call", func(t *testing.T) {
+		sharedOnly(t, "an isolated interpreter has no daemon threads (TestIsolatedNoDaemonThreads)")
 		if got, err := Call[string](ctx, h, hidx(h, "start_thread")); err != nil || got != "started" {
 			t.Fatalf("%q, %v", got, err)
 		}
@@ -276,6 +278,7 @@ func TestHostileCalls(t *testing.T) {
 }
 
 func TestClosedStdStreams(t *testing.T) {
+	sharedOnly(t, "each isolated interpreter has its own sys.stdout, which the saving plugin cannot restore")
 	// A plugin that closes sys.stdout and sys.stderr gets errors for its
 	// own writes; the host and other plugins are unaffected.
 	h := hostilePlugin(t)

@@ -19,7 +19,7 @@ import (
 )
 
 const signalSource = `
-import faulthandler, signal, threading, time
+import signal, threading, time
 
 def take_signal():
     try:
@@ -29,10 +29,12 @@ def take_signal():
     return "installed on " + threading.current_thread().name
 
 def enable_faulthandler():
+    import faulthandler  # here: an isolated interpreter refuses it
     faulthandler.enable()
     return faulthandler.is_enabled()
 
 def register_faulthandler():
+    import faulthandler
     faulthandler.register(signal.SIGUSR2)
 
 def ping():
@@ -215,6 +217,9 @@ func TestFaultHandlerCannotTakeGoSignals(t *testing.T) {
 		{"PYTHONFAULTHANDLER=1", []string{"PYTHONFAULTHANDLER=1"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			if c.env == nil {
+				sharedOnly(t, "an isolated interpreter cannot import faulthandler")
+			}
 			if !inChild(t) {
 				r := runChild(t, 60*time.Second, c.env...)
 				wantChildPass(t, r)

@@ -80,6 +80,7 @@ func fakeVenv(t *testing.T, version, mod string) string {
 }
 
 func TestUseVirtualEnv(t *testing.T) {
+	sharedOnly(t, "it loads the plugin first; isolated plugins see environments added before they load (TestIsolatedVirtualEnv)")
 	if !inChild(t) { // it changes sys.path and sys.executable for the process
 		wantChildPass(t, runChild(t, 60*time.Second))
 		return

@@ -181,14 +181,26 @@ def drop_modules(directory):
                 continue  # replaced or removed while we waited
             del sys.modules[name]
         dropped[name] = mod
-        cached = getattr(mod, "__cached__", None)
-        if isinstance(cached, str):
-            try:
-                os.remove(cached)
-            except OSError:
-                pass
+        _forget_cached(mod)
     importlib.invalidate_caches()
     return dropped
+
+
+def _forget_cached(mod):
+    cached = getattr(mod, "__cached__", None)
+    if isinstance(cached, str):
+        try:
+            os.remove(cached)
+        except OSError:
+            pass
+
+
+def forget_bytecode(directory):
+    """Remove the cached bytecode of the modules under directory, as
+    drop_modules does, leaving sys.modules alone: before an isolated
+    plugin's fresh interpreters import it again."""
+    for mod in modules_under(directory).values():
+        _forget_cached(mod)
 
 
 def restore_modules(directory, dropped):
