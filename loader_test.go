@@ -154,8 +154,6 @@ var modeOptions = func() []Option {
 	return nil
 }()
 
-
-
 // sharedOnly skips a test of what only the shared interpreter does (one
 // sys.modules, one sys.path, streams one plugin can restore for another)
 // when the suite runs with FIDIUS_TEST_ISOLATION; why says what differs.
