@@ -61,7 +61,6 @@ type interp struct {
 	registeredNames *pyObject
 	useVirtualEnv   *pyObject
 	isolate         *pyObject
-	forgetBytecode  *pyObject
 }
 
 // withGIL runs f in the interpreter; see withGILOf.
@@ -70,7 +69,7 @@ func (in *interp) withGIL(f func()) { withGILOf(in.rt, f) }
 // dropHelpers releases the helpers, before the interpreter ends. GIL held.
 func (in *interp) dropHelpers() {
 	for _, o := range []**pyObject{&in.dropModules, &in.modulesUnder, &in.restoreModules, &in.foreignLocation,
-		&in.ensureSDK, &in.registeredNames, &in.useVirtualEnv, &in.isolate, &in.forgetBytecode} {
+		&in.ensureSDK, &in.registeredNames, &in.useVirtualEnv, &in.isolate} {
 		(*o).decRef()
 		*o = nil
 	}
@@ -138,7 +137,6 @@ func (in *interp) setUp() error {
 		{"describe", &describe}, {"field_names", &fields}, {"install_sdk", &install}, {"CallCancelled", &cancelled}, {"Mapping", &mapping}, {"HostStreamError", &hostStreamError},
 		{"drop_modules", &in.dropModules}, {"restore_modules", &in.restoreModules}, {"modules_under", &in.modulesUnder}, {"foreign_location", &in.foreignLocation},
 		{"ensure_sdk", &in.ensureSDK}, {"registered_methods", &in.registeredNames}, {"use_virtual_env", &in.useVirtualEnv}, {"isolate", &in.isolate},
-		{"forget_bytecode", &in.forgetBytecode},
 	} {
 		if *h.dst = mod.getAttr(h.name); *h.dst == nil {
 			return takeImportError("<fidius-go>/host.py")

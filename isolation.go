@@ -90,8 +90,9 @@ func (i *instance) end() {
 
 // pool is an isolated handle's instances.
 type pool struct {
-	insts atomic.Pointer[[]*instance] // nil once closed
-	next  atomic.Uint32
+	insts     atomic.Pointer[[]*instance] // nil once closed
+	next      atomic.Uint32
+	reloading chan struct{} // one Reload at a time
 }
 
 // get picks the instance with the fewest uses, starting the search at a
@@ -121,23 +122,6 @@ func (p *pool) get() target {
 	}
 }
 
-// replace puts insts in place of the current instances, unless the pool
-// was closed meanwhile; the old ones end once their calls are over.
-func (p *pool) replace(insts []*instance) bool {
-	for {
-		old := p.insts.Load()
-		if old == nil {
-			return false
-		}
-		if p.insts.CompareAndSwap(old, &insts) {
-			for _, i := range *old {
-				i.done()
-			}
-			return true
-		}
-	}
-}
-
 // close empties the pool. An instance no call uses ends before close
 // returns; the others when their last call is over.
 func (p *pool) close() {
@@ -164,7 +148,7 @@ func endAll(insts []*instance) {
 // those of the standard library that CPython would refuse only after
 // running their init function in the isolated interpreter. 3.13 refuses
 // them cleanly itself.
-func refusedModules() []string {
+var refusedModules = func() []string { // a variable: a test turns the guard off to show the crash it prevents
 	if pythonMinor() != "3.12" {
 		return nil
 	}
@@ -224,19 +208,23 @@ func newInterp(refused bool) (*interp, error) {
 	return in, nil
 }
 
+// startInterp is newInterp on a pinned thread inside the gate.
+func startInterp(refused bool) (*interp, error) {
+	gate.enter(nil)
+	runtime.LockOSThread()
+	defer gate.leave()
+	defer runtime.UnlockOSThread()
+	return newInterp(refused)
+}
+
 // newInstance makes an interpreter and imports the plugin into it, as
 // load does in the shared one.
-func (p *plugin) newInstance(ctx context.Context, verb string) (*instance, *generation, error) {
+func (p *plugin) newInstance(ctx context.Context) (*instance, *generation, error) {
 	var (
 		in  *interp
 		err error
 	)
-	gate.enter(nil)
-	runtime.LockOSThread()
-	in, err = newInterp(false)
-	runtime.UnlockOSThread()
-	gate.leave()
-	if err != nil {
+	if in, err = startInterp(false); err != nil {
 		return nil, nil, err
 	}
 	inst := &instance{in: in, slot: newSlot(p.dir, in.rt)}
@@ -263,14 +251,13 @@ func (p *plugin) newInstance(ctx context.Context, verb string) (*instance, *gene
 	}
 	inst.done() // the import may still run in the background: it holds the instance too
 	if ierr != nil {
-		return nil, nil, fmt.Errorf("%s package %s: %w", verb, p.dir, ierr)
+		return nil, nil, fmt.Errorf("loading package %s: %w", p.dir, ierr)
 	}
 	return nil, nil, notIsolatable(err)
 }
 
-// startInstances makes n instances of the plugin, or none; verb says
-// what for in the error of an interrupted import.
-func (p *plugin) startInstances(ctx context.Context, n int, verb string) ([]*instance, *generation, error) {
+// startInstances makes n instances of the plugin, or none.
+func (p *plugin) startInstances(ctx context.Context, n int) ([]*instance, *generation, error) {
 	if err := isolationAvailable(); err != nil {
 		return nil, nil, err
 	}
@@ -279,7 +266,7 @@ func (p *plugin) startInstances(ctx context.Context, n int, verb string) ([]*ins
 		first *generation
 	)
 	for range n {
-		inst, gen, err := p.newInstance(ctx, verb)
+		inst, gen, err := p.newInstance(ctx)
 		if err != nil {
 			endAll(insts)
 			return nil, nil, err
@@ -317,7 +304,7 @@ func notIsolatable(err error) error {
 
 // loadIsolated is load for a plugin WithIsolation(n).
 func (p *plugin) loadIsolated(ctx context.Context, n int) (*PluginHandle, error) {
-	insts, gen, err := p.startInstances(ctx, n, "loading")
+	insts, gen, err := p.startInstances(ctx, n)
 	if err != nil {
 		return nil, err
 	}
@@ -326,7 +313,7 @@ func (p *plugin) loadIsolated(ctx context.Context, n int) (*PluginHandle, error)
 		zap.String("interface", p.desc.InterfaceName),
 		zap.String("entry_module", p.entry),
 		zap.Int("isolated_instances", n))
-	h := &PluginHandle{plugin: p, pool: &pool{}}
+	h := &PluginHandle{plugin: p, pool: &pool{reloading: make(chan struct{}, 1)}}
 	h.pool.insts.Store(&insts)
 	h.present.Store(&gen.present)
 	// A handle dropped without Close ends its interpreters.
@@ -334,38 +321,90 @@ func (p *plugin) loadIsolated(ctx context.Context, n int) (*PluginHandle, error)
 	return h, nil
 }
 
-// reloadIsolated is Reload for an isolated plugin: as many fresh
-// instances as before, swapped in once all have loaded. Calls running
-// finish in the old ones, which end after them.
+// reloadIsolated is Reload for an isolated plugin: each instance imports
+// the plugin again in its own interpreter, as the shared interpreter
+// does; once all have, all switch, and if one fails, all keep the old
+// code. The interpreters stay: CPython 3.12 and 3.13 do not give back the
+// memory of one that ends, so fresh ones would make every reload cost it.
 func (h *PluginHandle) reloadIsolated(ctx context.Context) error {
 	p := h.plugin
-	old := h.pool.insts.Load()
-	if old == nil {
+	select {
+	case h.pool.reloading <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-h.pool.reloading }()
+	ip := h.pool.insts.Load()
+	if ip == nil {
 		return h.errClosed()
 	}
-	// The fresh interpreters must not take the old code from the bytecode
-	// cache: an edit within the same second that keeps a file's size
-	// passes its check.
-	if first := (*old)[0]; first.tryHold() {
-		first.in.withGIL(func() {
-			if dir := pyPath(p.dir); dir != nil {
-				callHelper(first.in.forgetBytecode, dir)
-				dir.decRef()
-			} else {
-				clearError()
+	var insts []*instance
+	for _, i := range *ip {
+		if !i.tryHold() { // ended: Close came first
+			endAll(insts)
+			return h.errClosed()
+		}
+		insts = append(insts, i)
+	}
+	defer endAll(insts)
+	type prepared struct {
+		i     *instance
+		saved *pyObject
+		gen   *generation
+	}
+	var (
+		ready   []prepared
+		failure error
+	)
+	for _, i := range insts {
+		var (
+			saved *pyObject
+			gen   *generation
+			err   error
+		)
+		ierr := importing(ctx, i.in, target{slot: i.slot, inst: i}, func() {
+			saved, gen, err = p.reimport(i.in)
+		}, func(kept bool) {
+			if err == nil && kept {
+				return // switched, or undone, with the others below
 			}
+			if gen != nil {
+				C.fidius_table_free(gen.tab)
+			}
+			if saved != nil {
+				p.restoreModules(i.in, saved)
+			}
+			saved.decRef()
 		})
-		first.done()
+		if ierr != nil {
+			failure = fmt.Errorf("reloading package %s: %w", p.dir, ierr)
+			break
+		}
+		if err != nil {
+			failure = notIsolatable(err)
+			break
+		}
+		ready = append(ready, prepared{i, saved, gen})
 	}
-	insts, gen, err := p.startInstances(ctx, len(*old), "reloading")
-	if err != nil {
-		return err
+	for _, r := range ready {
+		r.i.in.withGIL(func() {
+			if failure == nil {
+				C.fidius_slot_swap(r.i.slot, r.gen.tab)
+				setBinding(r.i.slot, r.gen.binding)
+			} else {
+				C.fidius_table_free(r.gen.tab)
+				p.restoreModules(r.i.in, r.saved)
+			}
+			r.saved.decRef()
+		})
 	}
-	if !h.pool.replace(insts) {
-		endAll(insts)
+	if failure != nil {
+		return failure
+	}
+	h.present.Store(&ready[0].gen.present)
+	if h.closed.Load() {
 		return h.errClosed()
 	}
-	h.present.Store(&gen.present)
 	p.logger.Info("reloaded python plugin", zap.String("package", p.dir), zap.String("entry_module", p.entry))
 	return nil
 }

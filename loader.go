@@ -607,17 +607,7 @@ func (h *PluginHandle) ReloadContext(ctx context.Context) error {
 		gen   *generation
 	)
 	ierr := importing(ctx, in, target{slot: h.slot}, func() {
-		dir := pyPath(p.dir)
-		if dir == nil {
-			err = fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
-			return
-		}
-		defer dir.decRef()
-		if saved = in.dropModules.call(dir); saved == nil {
-			err = fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
-			return
-		}
-		gen, err = p.importTable(in)
+		saved, gen, err = p.reimport(in)
 	}, func(kept bool) {
 		switch {
 		case err == nil && gen != nil && kept && !h.closed.Load():
@@ -648,6 +638,21 @@ func (h *PluginHandle) ReloadContext(ctx context.Context) error {
 	}
 	p.logger.Info("reloaded python plugin", zap.String("package", p.dir), zap.String("entry_module", p.entry))
 	return nil
+}
+
+// reimport drops the plugin's modules from the interpreter's sys.modules
+// (returning them, for restoreModules) and imports it again. GIL held.
+func (p *plugin) reimport(in *interp) (saved *pyObject, gen *generation, err error) {
+	dir := pyPath(p.dir)
+	if dir == nil {
+		return nil, nil, fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
+	}
+	defer dir.decRef()
+	if saved = in.dropModules.call(dir); saved == nil {
+		return nil, nil, fmt.Errorf("%w: dropping the old modules: %s", ErrImportFailed, clearError())
+	}
+	gen, err = p.importTable(in)
+	return saved, gen, err
 }
 
 // typeName returns the name of o's type. GIL held.

@@ -195,14 +195,6 @@ def _forget_cached(mod):
             pass
 
 
-def forget_bytecode(directory):
-    """Remove the cached bytecode of the modules under directory, as
-    drop_modules does, leaving sys.modules alone: before an isolated
-    plugin's fresh interpreters import it again."""
-    for mod in modules_under(directory).values():
-        _forget_cached(mod)
-
-
 def restore_modules(directory, dropped):
     """Undo a failed load or reload: drop what it imported, put back the
     modules it found (a reload's dropped ones, a load's modules_under)."""

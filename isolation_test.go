@@ -1,0 +1,601 @@
+//go:build cgo
+
+package fidius
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// needIsolation skips a test of isolated plugins on a CPython without
+// them (before 3.12); TestIsolationNeedsCPython312 covers those.
+func needIsolation(t testing.TB) {
+	t.Helper()
+	if err := isolationAvailable(); err != nil {
+		t.Skip(err)
+	}
+}
+
+// loadIsolated loads dir WithIsolation(n), closed at the end of the test.
+func loadIsolated(t testing.TB, dir string, d *InterfaceDescriptor, n int, opts ...Option) *PluginHandle {
+	t.Helper()
+	h, err := LoadPythonPlugin(dir, d, append(opts, WithIsolation(n))...)
+	if err != nil {
+		t.Fatalf("LoadPythonPlugin WithIsolation(%d): %v", n, err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// waitInstances waits until n isolated interpreters are alive.
+func waitInstances(t testing.TB, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for liveInstances.Load() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d isolated interpreters alive, want %d", liveInstances.Load(), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestIsolationNeedsCPython312(t *testing.T) {
+	if isolationAvailable() == nil {
+		t.Skip("CPython " + PythonVersion() + " has isolated interpreters: the other isolation tests run")
+	}
+	dir, d := simplePlugin(t, "def f():\n    return 1\n", MethodDesc{Name: "f"})
+	_, err := LoadPythonPlugin(dir, d, WithIsolation(1))
+	wantErr(t, err, ErrNotIsolatable, "3.12", PythonVersion())
+}
+
+func TestIsolatedSameEntryModule(t *testing.T) {
+	needIsolation(t)
+	d := &InterfaceDescriptor{InterfaceName: "T", InterfaceHash: 1, Methods: []MethodDesc{{Name: "who"}}}
+	var hs []*PluginHandle
+	for _, name := range []string{"first", "second"} {
+		dir := writePackage(t, "twin", map[string]string{
+			"twin.py":        "__interface_hash__ = 1\nimport twin_helper\ndef who():\n    return twin_helper.NAME\n",
+			"twin_helper.py": "NAME = " + pyQuote(name) + "\n",
+		})
+		hs = append(hs, loadIsolated(t, dir, d, 1))
+	}
+	for i, want := range []string{"first", "second", "first", "second"} {
+		if got := callNamed[string](t, hs[i%2], "who"); got != want {
+			t.Errorf("call %d: who() = %q, want %q", i, got, want)
+		}
+	}
+}
+
+func TestIsolatedVendoredVersions(t *testing.T) {
+	needIsolation(t)
+	var hs []*PluginHandle
+	for _, v := range []string{"1.0", "2.0"} {
+		dir, d := simplePlugin(t, "import vlib\ndef version():\n    return [vlib.VERSION, vlib.__file__]\n", MethodDesc{Name: "version"})
+		if err := os.MkdirAll(filepath.Join(dir, "vendor"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "vendor", "vlib.py"), []byte("VERSION = "+pyQuote(v)+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		hs = append(hs, loadIsolated(t, dir, d, 1))
+	}
+	for i, want := range []string{"1.0", "2.0"} {
+		got := callNamed[[]string](t, hs[i], "version")
+		if got[0] != want || !strings.HasPrefix(got[1], hs[i].Dir()) {
+			t.Errorf("plugin %d uses vlib %s from %s, want %s from its own vendor/", i, got[0], got[1], want)
+		}
+	}
+}
+
+const vandalSource = `
+import builtins, sys
+
+def vandalize():
+    sys.path[:] = []
+    sys.modules["json"] = None
+    builtins.len = lambda x: 42
+    builtins.vandalized = True
+
+def check():
+    import json
+    return [len([1, 2]), json.dumps([1]), len(sys.path) > 0, hasattr(builtins, "vandalized")]
+`
+
+func TestIsolatedTamperingStaysInside(t *testing.T) {
+	needIsolation(t)
+	methods := []MethodDesc{{Name: "vandalize"}, {Name: "check"}}
+	dir, d := simplePlugin(t, vandalSource, methods...)
+	vandal := loadIsolated(t, dir, d, 1)
+	dir, d = simplePlugin(t, vandalSource, methods...)
+	other := loadIsolated(t, dir, d, 1)
+	dir, d = simplePlugin(t, vandalSource, methods...)
+	shared := mustLoadShared(t, dir, d)
+	callNamed[any](t, vandal, "vandalize")
+	want := `[2,"[1]",true,false]`
+	for name, h := range map[string]*PluginHandle{"isolated": other, "shared": shared} {
+		out, err := h.CallJSON(ctx, 1, nil)
+		if err != nil || string(out) != want {
+			t.Errorf("%s plugin after another's vandalism: %s, %v; want %s", name, out, err, want)
+		}
+	}
+	// The vandal broke only itself.
+	if _, err := vandal.CallJSON(ctx, 1, nil); err == nil {
+		t.Error("the vandalized plugin still imports json")
+	}
+}
+
+// mustLoadShared loads in the shared interpreter whatever the suite's mode.
+func mustLoadShared(t testing.TB, dir string, d *InterfaceDescriptor) *PluginHandle {
+	t.Helper()
+	h, err := LoadPythonPlugin(dir, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+func TestIsolatedCancellationLeavesOthersRunning(t *testing.T) {
+	needIsolation(t)
+	src := "def spin():\n    n = 0\n    while True:\n        n += 1\n\ndef ping(x):\n    return x + 1\n"
+	methods := []MethodDesc{{Name: "spin"}, {Name: "ping"}}
+	dir, d := simplePlugin(t, src, methods...)
+	spinner := loadIsolated(t, dir, d, 1)
+	dir, d = simplePlugin(t, src, methods...)
+	other := loadIsolated(t, dir, d, 1)
+
+	c, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	spun := make(chan error, 1)
+	go func() {
+		_, err := spinner.CallJSON(c, 0, nil)
+		spun <- err
+	}()
+	pings := 0
+	for c.Err() == nil {
+		if got, err := Call[int](ctx, other, 1, pings); err != nil || got != pings+1 {
+			t.Fatalf("ping(%d) while the other plugin spins: %d, %v", pings, got, err)
+		}
+		pings++
+	}
+	select {
+	case err := <-spun:
+		wantErr(t, err, context.DeadlineExceeded, "spin")
+	case <-time.After(5 * time.Second):
+		t.Fatal("the cancelled while True did not stop")
+	}
+	if pings < 10 {
+		t.Errorf("only %d pings while the other plugin spun", pings)
+	}
+	if got, err := Call[int](ctx, spinner, 1, 1); err != nil || got != 2 {
+		t.Errorf("the cancelled plugin afterwards: %d, %v", got, err)
+	}
+}
+
+const poolSource = `
+import time, uuid
+TOKEN = uuid.uuid4().hex
+
+def echo(x):
+    return {"x": x, "sq": x * x}
+
+def rev(b):
+    return bytes(reversed(b))
+
+def count(n):
+    for i in range(n):
+        yield i
+
+def slow():
+    time.sleep(0.3)
+    return TOKEN
+`
+
+func poolPlugin(t testing.TB, n int) *PluginHandle {
+	dir, d := simplePlugin(t, poolSource, MethodDesc{Name: "echo"}, MethodDesc{Name: "rev", WireRaw: true},
+		MethodDesc{Name: "count", Streaming: true}, MethodDesc{Name: "slow"})
+	return loadIsolated(t, dir, d, n)
+}
+
+func TestIsolatedPoolSpreadsCalls(t *testing.T) {
+	needIsolation(t)
+	h := poolPlugin(t, 2)
+	tokens := make(chan string, 2)
+	for range 2 {
+		go func() {
+			tok, err := Call[string](ctx, h, 3)
+			if err != nil {
+				t.Error(err)
+			}
+			tokens <- tok
+		}()
+	}
+	a, b := <-tokens, <-tokens
+	if a == b || a == "" || b == "" {
+		t.Errorf("two calls at once ran in instances %q and %q, want two different ones", a, b)
+	}
+}
+
+func TestIsolatedConfiguredPool(t *testing.T) {
+	needIsolation(t)
+	dir, d := simplePlugin(t, `
+import time, uuid
+class P:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.token = uuid.uuid4().hex
+    def get(self):
+        time.sleep(0.2)
+        return [self.cfg["greeting"], self.token]
+def __fidius_configure__(cfg):
+    return P(cfg)
+`, MethodDesc{Name: "get"})
+	h, err := LoadPythonPluginConfigured(dir, d, map[string]string{"greeting": "hi"}, WithIsolation(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	got := make(chan []string, 2)
+	for range 2 {
+		go func() {
+			v, err := Call[[]string](ctx, h, 0)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- v
+		}()
+	}
+	a, b := <-got, <-got
+	if len(a) != 2 || len(b) != 2 || a[0] != "hi" || b[0] != "hi" || a[1] == b[1] {
+		t.Errorf("configured instances answered %q and %q, want the greeting from two different instances", a, b)
+	}
+}
+
+func TestIsolatedConcurrency(t *testing.T) {
+	needIsolation(t)
+	hs := []*PluginHandle{poolPlugin(t, 2), poolPlugin(t, 2), poolPlugin(t, 1)}
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 100 {
+				h := hs[(g+i)%len(hs)]
+				c := ctx
+				if i%3 == 0 {
+					var cancel context.CancelFunc
+					c, cancel = context.WithTimeout(ctx, time.Minute)
+					defer cancel()
+				}
+				x := g*1000 + i
+				var r struct{ X, Sq int }
+				out, err := h.CallJSON(c, 0, []byte(fmt.Sprint(x)))
+				if err == nil {
+					err = json.Unmarshal(out, &r)
+				}
+				if err != nil || r.X != x || r.Sq != x*x {
+					t.Errorf("echo(%d) = %s, %v", x, out, err)
+					return
+				}
+				in := []byte(fmt.Sprintf("g%d-i%d", g, i))
+				raw, err := h.CallRaw(c, 1, in)
+				if err != nil || string(raw) != reverseString(string(in)) {
+					t.Errorf("rev(%s) = %q, %v", in, raw, err)
+					return
+				}
+				n := 0
+				for item, err := range h.CallStream(c, 2, []byte(fmt.Sprint(i%5))) {
+					if err != nil || string(item) != fmt.Sprint(n) {
+						t.Errorf("count(%d) item %d = %s, %v", i%5, n, item, err)
+						return
+					}
+					n++
+				}
+				if n != i%5 {
+					t.Errorf("count(%d) gave %d items", i%5, n)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestIsolatedReloadAndCloseUnderLoad(t *testing.T) {
+	needIsolation(t)
+	writeBytecode(t)
+	base := liveInstances.Load()
+	dir, d := simplePlugin(t, "VERSION = 0\ndef version():\n    return VERSION\n", MethodDesc{Name: "version"})
+	h, err := LoadPythonPlugin(dir, d, WithIsolation(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := filepath.Join(dir, h.Manifest().Python.EntryModule+".py")
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		newest   int // the newest version a reload has put in place
+		stop     = make(chan struct{})
+		closedAt = make(chan struct{})
+	)
+	for range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				mu.Lock()
+				floor := newest
+				mu.Unlock()
+				v, err := Call[int](ctx, h, 0)
+				if errors.Is(err, ErrClosed) {
+					select {
+					case <-closedAt:
+						return
+					default:
+						t.Errorf("ErrClosed before Close")
+						return
+					}
+				}
+				if err != nil || v < floor {
+					t.Errorf("version() = %d, %v; a reload to %d had finished before the call", v, err, floor)
+					return
+				}
+			}
+		}()
+	}
+	for v := 1; v <= 10; v++ {
+		writeFile(t, entry, fmt.Sprintf("__interface_hash__ = 0x1234\nVERSION = %d\ndef version():\n    return VERSION\n", v))
+		if err := h.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		newest = v
+		mu.Unlock()
+	}
+	close(closedAt)
+	h.Close()
+	close(stop)
+	wg.Wait()
+	if _, err := h.CallJSON(ctx, 0, nil); !errors.Is(err, ErrClosed) {
+		t.Errorf("a call after Close: %v", err)
+	}
+	waitInstances(t, base)
+}
+
+func TestIsolatedReloadsDoNotGrow(t *testing.T) {
+	needIsolation(t)
+	if !inChild(t) {
+		r := runChild(t, 3*time.Minute)
+		wantChildPass(t, r)
+		t.Log(strings.TrimSpace(lastLine(r.Output, "rss")))
+		return
+	}
+	dir, d := simplePlugin(t, "import json, decimal\nX = [i for i in range(10000)]\ndef f():\n    return len(X)\n", MethodDesc{Name: "f"})
+	h := loadIsolated(t, dir, d, 1)
+	reload := func(n int) {
+		for range n {
+			if err := h.Reload(); err != nil {
+				t.Fatal(err)
+			}
+			if got := callNamed[int](t, h, "f"); got != 10000 {
+				t.Fatalf("f() = %d", got)
+			}
+		}
+		waitInstances(t, 1)
+	}
+	// The first reloads grow the heap to where the garbage collector
+	// keeps it; from there on it must stay.
+	reload(200)
+	before := rssBytes(t)
+	reload(400)
+	after := rssBytes(t)
+	fmt.Printf("rss %d MiB after 200 reloads, %d MiB after 400 more\n", before>>20, after>>20)
+	if after-before > 16<<20 {
+		t.Errorf("RSS grew by %d MiB over 400 reloads of an isolated plugin", (after-before)>>20)
+	}
+}
+
+// lastLine returns the last line of out that starts with prefix.
+func lastLine(out, prefix string) string {
+	var found string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			found = l
+		}
+	}
+	return found
+}
+
+// rssBytes reads the process's resident set size from /proc.
+func rssBytes(t testing.TB) int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var size, rss int64
+	if _, err := fmt.Sscan(string(b), &size, &rss); err != nil {
+		t.Fatal(err)
+	}
+	return rss * int64(os.Getpagesize())
+}
+
+func TestIsolatedRefusesExtensionModules(t *testing.T) {
+	needIsolation(t)
+	mods := []string{"readline"} // refused by 3.12 and 3.13
+	if pythonMinor() == "3.12" {
+		mods = append(mods, "pyexpat", "_ctypes")
+	}
+	for _, mod := range mods {
+		dir, d := simplePlugin(t, "import "+mod+"\ndef f():\n    return 1\n", MethodDesc{Name: "f"})
+		_, err := LoadPythonPlugin(dir, d, WithIsolation(1))
+		wantErr(t, err, ErrNotIsolatable, "extension module "+mod+" cannot be loaded in an isolated interpreter", "without WithIsolation")
+		var ie *ImportError
+		if !errors.As(err, &ie) || !errors.Is(err, ErrImportFailed) {
+			t.Errorf("%s: the ImportError is not in the chain: %v", mod, err)
+		}
+	}
+	// The standard library's pure-Python fallbacks work where 3.12 refuses
+	// the C modules.
+	dir, d := simplePlugin(t, `
+import datetime, decimal
+def f():
+    return [str(decimal.Decimal("0.1") + decimal.Decimal("0.2")), datetime.date(2026, 11, 25).isoformat()]
+`, MethodDesc{Name: "f"})
+	h := loadIsolated(t, dir, d, 1)
+	if got := callNamed[[]string](t, h, "f"); len(got) != 2 || got[0] != "0.3" || got[1] != "2026-11-25" {
+		t.Errorf("decimal and datetime in an isolated interpreter: %q", got)
+	}
+}
+
+// TestIsolationGuards reproduces, in child processes, the two CPython 3.12
+// defects the library guards against, and shows the host survives them:
+// a refused interpreter (CPython gave up the main GIL and did not take it
+// back) and _decimal/_datetime imported by the main interpreter after an
+// isolated one tried them. Without the guard the second ends the process
+// on 3.12 ("double free"), which the last case shows.
+func TestIsolationGuards(t *testing.T) {
+	needIsolation(t)
+	for _, c := range []struct {
+		name    string
+		env     []string
+		survive bool
+	}{
+		{"refused interpreter", nil, true},
+		{"C modules after an isolated import", nil, true},
+		{"C modules after an isolated import, unguarded", []string{"FIDIUS_TEST_UNGUARDED=1"}, pythonMinor() != "3.12"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if !inChild(t) {
+				r := runChild(t, time.Minute, c.env...)
+				if c.survive {
+					wantChildPass(t, r)
+				} else if r.ExitCode == 0 || r.TimedOut {
+					t.Fatalf("unguarded, the process survived (exit %d); the guard may no longer be needed:\n%s", r.ExitCode, r.Output)
+				}
+				return
+			}
+			if os.Getenv("FIDIUS_TEST_UNGUARDED") != "" {
+				refusedModules = func() []string { return nil }
+			}
+			probe, pd := simplePlugin(t, "import threading\ndef f():\n    t = threading.Thread(target=lambda: None)\n    t.start()\n    t.join()\n    return 'main ok'\n", MethodDesc{Name: "f"})
+			shared := mustLoadShared(t, probe, pd)
+			if c.name == "refused interpreter" {
+				_, err := startInterp(true)
+				wantErr(t, err, ErrNotIsolatable, "CPython refused to make an isolated interpreter")
+			} else {
+				dir, d := simplePlugin(t, "import datetime, decimal\ndef f():\n    return str(decimal.Decimal(1) / 8)\n", MethodDesc{Name: "f"})
+				h := loadIsolated(t, dir, d, 1)
+				if got := callNamed[string](t, h, "f"); got != "0.125" {
+					t.Fatalf("isolated decimal: %q", got)
+				}
+				dir, d = simplePlugin(t, "import _datetime, _decimal\ndef f():\n    return str(_decimal.Decimal(1) / 8) + ' ' + str(_datetime.date(2026, 1, 2))\n", MethodDesc{Name: "f"})
+				if got := callNamed[string](t, mustLoadShared(t, dir, d), "f"); got != "0.125 2026-01-02" {
+					t.Fatalf("shared C modules: %q", got)
+				}
+			}
+			if got := callNamed[string](t, shared, "f"); got != "main ok" {
+				t.Fatalf("the main interpreter afterwards: %q", got)
+			}
+		})
+	}
+}
+
+func TestIsolatedNoDaemonThreads(t *testing.T) {
+	needIsolation(t)
+	dir, d := simplePlugin(t, `
+import threading
+def daemon():
+    threading.Thread(target=lambda: None, daemon=True).start()
+def joined():
+    out = []
+    t = threading.Thread(target=lambda: out.append(1))
+    t.start()
+    t.join()
+    return out
+`, MethodDesc{Name: "daemon"}, MethodDesc{Name: "joined"})
+	h := loadIsolated(t, dir, d, 1)
+	_, err := h.CallJSON(ctx, 0, nil)
+	var perr *PluginError
+	if !errors.As(err, &perr) || perr.Code != "RuntimeError" || !strings.Contains(perr.Message, "daemon threads are disabled") {
+		t.Errorf("a daemon thread in an isolated plugin: %v", err)
+	}
+	if got := callNamed[[]int](t, h, "joined"); len(got) != 1 || got[0] != 1 {
+		t.Errorf("a joined thread: %v", got)
+	}
+}
+
+func TestIsolatedVirtualEnv(t *testing.T) {
+	needIsolation(t)
+	if !inChild(t) { // it changes sys.path for the process
+		wantChildPass(t, runChild(t, time.Minute))
+		return
+	}
+	mod := moduleName(t) + "_venv"
+	if err := UseVirtualEnv(fakeVenv(t, PythonVersion(), mod)); err != nil {
+		t.Fatal(err)
+	}
+	dir, d := simplePlugin(t, "import "+mod+", "+mod+"_pth\ndef f():\n    return ["+mod+".VALUE, "+mod+"_pth.VALUE]\n", MethodDesc{Name: "f"})
+	h := loadIsolated(t, dir, d, 1)
+	if got := callNamed[[]string](t, h, "f"); len(got) != 2 || got[0] != "from site-packages" || got[1] != "through a .pth file" {
+		t.Errorf("an isolated plugin loaded after UseVirtualEnv: %q", got)
+	}
+}
+
+// A host function called by an isolated plugin calls another isolated
+// plugin, on the same thread: the thread moves between three
+// interpreters' thread states and back.
+func TestIsolatedNestedAcrossInterpreters(t *testing.T) {
+	needIsolation(t)
+	dir, d := simplePlugin(t, "def double(x):\n    return 2 * x\n", MethodDesc{Name: "double"})
+	inner := loadIsolated(t, dir, d, 1)
+	back := func(args json.RawMessage) (any, error) {
+		var xs []int
+		if err := json.Unmarshal(args, &xs); err != nil {
+			return nil, err
+		}
+		return Call[int](ctx, inner, 0, xs[0])
+	}
+	hi := &HostInterface{Name: "Back", Version: 1, Hash: 0x42, Funcs: map[string]HostFunc{"again": back}}
+	dir, d = simplePlugin(t, `
+import fidius
+__fidius_host_imports__ = {"Back": {"version": 1, "hash": 0x42}}
+def quad(x):
+    return fidius.host("Back").again(fidius.host("Back").again(x))
+`, MethodDesc{Name: "quad"})
+	outer := loadIsolated(t, dir, d, 1, WithHostInterface(hi))
+	c, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for i := range 50 {
+		if got, err := Call[int](c, outer, 0, i); err != nil || got != 4*i {
+			t.Fatalf("quad(%d) = %d, %v", i, got, err)
+		}
+	}
+}
+
+func TestIsolatedHostLoad(t *testing.T) {
+	needIsolation(t)
+	host, _ := threePackages(t)
+	for _, name := range []string{"alpha", "beta"} {
+		h, err := host.Load(name, greeterDesc, WithIsolation(1))
+		if err != nil {
+			t.Fatalf("Host.Load(%s) WithIsolation: %v", name, err)
+		}
+		got, err := Call[string](ctx, h, 0, "Ann")
+		h.Close()
+		if err != nil || got != name+" greets Ann" {
+			t.Errorf("%s: greet = %q, %v", name, got, err)
+		}
+	}
+}
