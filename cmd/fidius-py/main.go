@@ -2,7 +2,7 @@
 // sign and verify a fidius package without writing a host.
 //
 //	fidius-py inspect [-v] [--timeout D] PATH    manifest, entry module, hash, methods
-//	fidius-py call [--raw|--stream] [--stdin-stream] [--config JSON] [-v] [--timeout D] PATH METHOD [INPUT]
+//	fidius-py call [--raw|--stream] [--stdin-stream] [--config JSON] [--isolated] [-v] [--timeout D] PATH METHOD [INPUT]
 //	fidius-py stub [--go] --interface FILE.toml  a Python module, or the Go descriptor, for an interface
 //	fidius-py hash --interface FILE.toml | SIGNATURE...
 //	                                             the interface hash and its signatures
@@ -68,13 +68,14 @@ func init() {
 		fs.Bool("v", false, "on an import error, show the traceback")
 		fs.Duration("timeout", 0, "give up importing the package after this long (such as 10s); 0 waits for ever")
 	}}
-	commands["call"] = command{"[--raw|--stream] [--stdin-stream] [--config JSON] [-v] [--timeout D] PATH METHOD [INPUT]", "load a package and call one of its methods", call, func(fs *flag.FlagSet) {
+	commands["call"] = command{"[--raw|--stream] [--stdin-stream] [--config JSON] [--isolated] [-v] [--timeout D] PATH METHOD [INPUT]", "load a package and call one of its methods", call, func(fs *flag.FlagSet) {
 		fs.Bool("raw", false, "raw-wire call: INPUT (or standard input when there is none) is passed to the method as bytes, as they are, not parsed as JSON; the result is written as bytes")
 		fs.Bool("stream", false, "streaming call, for a method that returns an iterator or generator: print each item on its own line")
 		fs.Bool("stdin-stream", false, "client-streaming call, for a method whose first argument is a stream: feed it standard input, one JSON value per line (INPUT, if given, is the other arguments); with --stream, a bidirectional call")
 		fs.String("config", "", "load the package configured: pass this JSON to the entry module's __fidius_configure__ and call the method of the object it returns")
 		fs.Bool("v", false, "on an error, show the plugin's error details and the Python traceback")
 		fs.Duration("timeout", 0, "give up loading and calling after this long in all (such as 10s); 0 waits for ever")
+		fs.Bool("isolated", false, "run the plugin in an isolated interpreter of its own (CPython 3.12 or later), as fidius.WithIsolation does")
 	}}
 	commands["stub"] = command{"[--go] --interface FILE.toml", "print a Python module with __interface_hash__ and one @method stub per method, or with --go the host's Go descriptor", stub, func(fs *flag.FlagSet) {
 		fs.String("interface", "", "TOML file describing the interface (required)")
@@ -372,11 +373,15 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 		InterfaceHash: r.InterfaceHash,
 		Methods:       []fidius.MethodDesc{{Name: method, WireRaw: raw, Streaming: stream, ClientStreaming: fed}},
 	}
+	var opts []fidius.Option
+	if flagValue[bool](fs, "isolated") {
+		opts = append(opts, fidius.WithIsolation(1))
+	}
 	var h *fidius.PluginHandle
 	if configured {
-		h, err = fidius.LoadPythonPluginConfiguredContext(ctx, dir, desc, json.RawMessage(config))
+		h, err = fidius.LoadPythonPluginConfiguredContext(ctx, dir, desc, json.RawMessage(config), opts...)
 	} else {
-		h, err = fidius.LoadPythonPluginContext(ctx, dir, desc)
+		h, err = fidius.LoadPythonPluginContext(ctx, dir, desc, opts...)
 	}
 	if errors.Is(err, fidius.ErrMethodNotRegistered) {
 		return fmt.Errorf("%w (%s)", err, registeredList(r.Methods))

@@ -900,3 +900,30 @@ func TestPackUnpack(t *testing.T) {
 		t.Errorf("verify the archive: exit %d %q %q", code, out, errs)
 	}
 }
+
+func TestCallIsolated(t *testing.T) {
+	pkg := writePlugin(t, "fidius_py_isolated", `__interface_hash__ = 1
+from fidius import method
+
+@method
+def interpreter():
+    try:
+        import _interpreters as i  # 3.13
+    except ImportError:
+        import _xxsubinterpreters as i  # 3.12
+    cur = i.get_current()
+    return int(cur[0] if isinstance(cur, tuple) else cur)
+`)
+	out, errs, code := cli(t, "", "call", "--isolated", pkg, "interpreter")
+	if v := fidius.PythonVersion(); strings.HasPrefix(v, "3.10.") || strings.HasPrefix(v, "3.11.") {
+		oneLineError(t, out, errs, code, "isolated interpreters need CPython 3.12 or later")
+		return
+	}
+	if code != 0 || out == "0\n" || out == "" {
+		t.Fatalf("call --isolated ran in interpreter %q (0 is the main one): exit %d, %q", out, code, errs)
+	}
+	out, errs, code = cli(t, "", "call", pkg, "interpreter")
+	if code != 0 || out != "0\n" {
+		t.Fatalf("call without --isolated ran in interpreter %q: exit %d, %q", out, code, errs)
+	}
+}
