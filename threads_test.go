@@ -217,9 +217,7 @@ func TestFaultHandlerCannotTakeGoSignals(t *testing.T) {
 		{"PYTHONFAULTHANDLER=1", []string{"PYTHONFAULTHANDLER=1"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			if c.env == nil {
-				sharedOnly(t, "an isolated interpreter cannot import faulthandler")
-			}
+			sharedOnly(t, "an isolated interpreter cannot import faulthandler")
 			if !inChild(t) {
 				r := runChild(t, 60*time.Second, c.env...)
 				wantChildPass(t, r)
