@@ -14,6 +14,9 @@
 //
 //	GOFLAGS=-tags=fidius_py312 go run ./bench
 //
+// With CPython 3.12 or later it also compares isolated plugins
+// (WithIsolation) with the shared interpreter.
+//
 // Every harness is timed the same way: batches of at least 2 ms (so that
 // garbage collection falls inside them), best batch reported. It then
 // checks the targets of the project's benchmark issue and measures the
@@ -27,6 +30,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"math"
@@ -156,6 +160,9 @@ func run(dir, pluginDir string) error {
 		return err
 	}
 	checkTargets(rows, floor, sub)
+	if err := isolation(ctx, pluginDir, h); err != nil {
+		return err
+	}
 	if !*skipRSS {
 		return memoryGrowth(ctx, h)
 	}
@@ -218,6 +225,101 @@ func streams(ctx, cctx context.Context, h *fidius.PluginHandle) error {
 		fmt.Printf("| %s | %.0f | %.2fx |\n", c.name, perItem, perItem/server)
 	}
 	fmt.Println()
+	return nil
+}
+
+// isolation compares the shared interpreter with isolated ones
+// (WithIsolation, CPython 3.12+): a noop call's cost, and the throughput
+// of a CPU-bound call from two goroutines, on one shared handle and on a
+// pool of two isolated instances; then what an instance costs to make
+// and keep.
+func isolation(ctx context.Context, pluginDir string, shared *fidius.PluginHandle) error {
+	pool, err := fidius.LoadPythonPlugin(pluginDir, desc, fidius.WithIsolation(2))
+	if errors.Is(err, fidius.ErrNotIsolatable) {
+		fmt.Printf("Isolation: skipped: %v\n(run with GOFLAGS=-tags=fidius_py312 or fidius_py313 and that CPython's pkg-config path)\n\n", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	one, err := fidius.LoadPythonPlugin(pluginDir, desc, fidius.WithIsolation(1))
+	if err != nil {
+		return err
+	}
+	defer one.Close()
+	crunchIn := []byte(`[100000]`)
+	call := func(h *fidius.PluginHandle, m int, in []byte) func() func() error {
+		return func() func() error {
+			return func() error { _, err := h.CallJSON(ctx, m, in); return err }
+		}
+	}
+	// Shared and isolated alternate, best of three each, so that the
+	// machine's drift during the run falls on both.
+	best := func(g int, mk func() func() error) (float64, error) {
+		b := math.Inf(1)
+		for range 3 {
+			v, err := measure(g, mk)
+			if err != nil {
+				return 0, err
+			}
+			b = math.Min(b, v)
+		}
+		return b, nil
+	}
+	type pair struct {
+		name             string
+		g                int
+		shared, isolated func() func() error
+	}
+	pairs := []pair{
+		{"noop · CallJSON", 1, call(shared, mNoop, nil), call(one, mNoop, nil)},
+		{"crunch: 100,000-step Python loop · CallJSON", 1, call(shared, mCrunch, crunchIn), call(pool, mCrunch, crunchIn)},
+		{"crunch: 100,000-step Python loop · CallJSON", 2, call(shared, mCrunch, crunchIn), call(pool, mCrunch, crunchIn)},
+	}
+	fmt.Println("Isolation: the shared interpreter against isolated ones (noop: one instance; crunch: a pool of two):")
+	fmt.Println()
+	fmt.Println("| call | goroutines | shared ns/call | isolated ns/call | isolated calls/s ÷ shared |")
+	fmt.Println("|---|--:|--:|--:|--:|")
+	results := make([][2]float64, len(pairs))
+	for i, p := range pairs {
+		if results[i][0], err = best(p.g, p.shared); err != nil {
+			return fmt.Errorf("%s, shared: %w", p.name, err)
+		}
+		if results[i][1], err = best(p.g, p.isolated); err != nil {
+			return fmt.Errorf("%s, isolated: %w", p.name, err)
+		}
+		fmt.Printf("| %s | %d | %s | %s | %.2fx |\n", p.name, p.g, ns(results[i][0]), ns(results[i][1]), results[i][0]/results[i][1])
+	}
+	fmt.Println()
+	// What an instance costs: eight made at once, then closed.
+	const n = 8
+	runtime.GC()
+	before := settledRSS()
+	start := time.Now()
+	many, err := fidius.LoadPythonPlugin(pluginDir, desc, fidius.WithIsolation(n))
+	if err != nil {
+		return err
+	}
+	took := time.Since(start)
+	loaded := settledRSS()
+	many.Close()
+	closed := settledRSS()
+	fmt.Printf("An isolated instance of the bench plugin: %.1f ms to make and import, %.1f MiB of RSS (%d made at once); after Close, %.1f MiB each stays (CPython keeps an ended interpreter's memory)\n\n",
+		float64(took.Microseconds())/1000/n, float64(loaded-before)/(1<<20)/n, n, float64(closed-before)/(1<<20)/n)
+	fmt.Println("Isolation targets:")
+	noop := results[0][1] / results[0][0]
+	verdict := "met"
+	if noop > 1.15 {
+		verdict = "MISSED"
+	}
+	fmt.Printf("- isolated noop ÷ shared noop: %.2fx (target at most 1.15x) %s\n", noop, verdict)
+	speedup := results[2][0] / results[2][1]
+	verdict = "met"
+	if speedup < 1.7 {
+		verdict = "MISSED"
+	}
+	fmt.Printf("- crunch from 2 goroutines, isolated pool of two ÷ shared, throughput: %.2fx (target at least 1.7x) %s\n\n", speedup, verdict)
 	return nil
 }
 
