@@ -72,8 +72,9 @@ func (h *PluginHandle) MethodCount() int { return len(h.plugin.desc.Methods) }
 // Close releases the handle's Python references. Calls running at the time
 // finish normally; later calls return ErrClosed. An isolated plugin's
 // interpreters end: before Close returns those no call uses, the others
-// as soon as their calls are over. Close is idempotent and always returns
-// nil.
+// as soon as their calls are over, and those where threads the plugin
+// started still run once those threads end. Close is idempotent and
+// always returns nil.
 func (h *PluginHandle) Close() error {
 	if h.closed.Swap(true) {
 		return nil

@@ -290,6 +290,19 @@ fidius_rt *fidius_rt_new(int refused, fidius_result *r) {
 	return rt;
 }
 
+int fidius_rt_busy(fidius_rt *rt) {
+	int n = 0;
+	pthread_mutex_lock(&reg_mu);
+	for (PyThreadState *t = PyInterpreterState_ThreadHead(rt->is); t != NULL; t = PyThreadState_Next(t)) {
+		int ours = 0;
+		for (int i = 0; i < rt->nts && !ours; i++)
+			ours = rt->ts[i] == t;
+		n += !ours;
+	}
+	pthread_mutex_unlock(&reg_mu);
+	return n;
+}
+
 // fidius_rt_end ends rt from a thread holding its GIL, when nothing runs
 // in it (calls, streams, cancellations are over). Its helpers are
 // released, the thread states made for it deleted, then the interpreter
@@ -328,6 +341,11 @@ void fidius_rt_end(fidius_rt *rt) {
 }
 
 #else
+
+int fidius_rt_busy(fidius_rt *rt) {
+	(void)rt;
+	return 0;
+}
 
 fidius_rt *fidius_rt_new(int refused, fidius_result *r) {
 	(void)refused;

@@ -73,19 +73,39 @@ func (i *instance) done() {
 	}
 }
 
-// end releases the instance's Python references and ends its interpreter.
+// end releases the instance's Python references and ends its
+// interpreter. Ending waits for threads the plugin started, for ever if
+// they never end: when there are some, end returns at once and the
+// interpreter ends in the background, on a thread of its own (outside
+// the gate, where it would hold a place meant for calls).
 func (i *instance) end() {
-	gate.enter(nil)
 	runtime.LockOSThread()
 	C.fidius_gil_acquire(i.in.rt)
 	if i.slot != nil {
 		freeSlot(i.slot)
 	}
 	i.in.dropHelpers()
+	if C.fidius_rt_busy(i.in.rt) != 0 {
+		C.fidius_gil_release()
+		runtime.UnlockOSThread()
+		go i.endWaiting()
+		return
+	}
+	i.endNow()
+}
+
+// endNow ends the interpreter, whose GIL this pinned thread holds.
+func (i *instance) endNow() {
 	C.fidius_rt_end(i.in.rt) // holds no GIL afterwards
 	runtime.UnlockOSThread()
-	gate.leave()
 	liveInstances.Add(-1)
+}
+
+// endWaiting ends the interpreter once the plugin's threads are over.
+func (i *instance) endWaiting() {
+	runtime.LockOSThread()
+	C.fidius_gil_acquire(i.in.rt)
+	i.endNow()
 }
 
 // pool is an isolated handle's instances.

@@ -599,3 +599,29 @@ func TestIsolatedHostLoad(t *testing.T) {
 		}
 	}
 }
+
+// Close does not wait for threads an isolated plugin started: its
+// interpreter ends in the background once they are over.
+func TestIsolatedCloseDoesNotWaitForPluginThreads(t *testing.T) {
+	needIsolation(t)
+	base := liveInstances.Load()
+	dir, d := simplePlugin(t, `
+import threading, time
+def start(seconds):
+    threading.Thread(target=time.sleep, args=(seconds,)).start()
+`, MethodDesc{Name: "start"})
+	h, err := LoadPythonPlugin(dir, d, WithIsolation(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	callNamed[any](t, h, "start", 1.0)
+	start := time.Now()
+	h.Close()
+	if took := time.Since(start); took > 500*time.Millisecond {
+		t.Errorf("Close took %v: it waited for the plugin's thread", took)
+	}
+	if liveInstances.Load() != base+1 {
+		t.Errorf("%d interpreters alive while the plugin's thread runs, want %d", liveInstances.Load(), base+1)
+	}
+	waitInstances(t, base)
+}
