@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -624,4 +625,29 @@ def start(seconds):
 		t.Errorf("%d interpreters alive while the plugin's thread runs, want %d", liveInstances.Load(), base+1)
 	}
 	waitInstances(t, base)
+}
+
+// An isolated handle dropped without Close ends its interpreters once
+// the garbage collector finds it.
+func TestIsolatedHandleDroppedWithoutClose(t *testing.T) {
+	needIsolation(t)
+	base := liveInstances.Load()
+	dir, d := simplePlugin(t, "def f():\n    return 1\n", MethodDesc{Name: "f"})
+	func() {
+		h, err := LoadPythonPlugin(dir, d, WithIsolation(2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := callNamed[int](t, h, "f"); got != 1 {
+			t.Fatalf("f() = %d", got)
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for liveInstances.Load() != base && time.Now().Before(deadline) {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := liveInstances.Load(); n != base {
+		t.Errorf("%d isolated interpreters alive after the handle was dropped, want %d", n, base)
+	}
 }
