@@ -403,7 +403,10 @@ func TestIsolatedReloadsDoNotGrow(t *testing.T) {
 	reload(400)
 	after := rssBytes(t)
 	fmt.Printf("rss %d MiB after 200 reloads, %d MiB after 400 more\n", before>>20, after>>20)
-	if after-before > 16<<20 {
+	// 32 MiB is 80 KiB a reload: far less than a leaked interpreter
+	// (about 5 MiB) or the plugin's module (its list alone is 360 KiB),
+	// far more than the collector's swings and the race detector's own.
+	if after-before > 32<<20 {
 		t.Errorf("RSS grew by %d MiB over 400 reloads of an isolated plugin", (after-before)>>20)
 	}
 }
