@@ -36,6 +36,11 @@ fidius_rt *fidius_rt_current(void);
 void fidius_call_began(fidius_rt *rt);
 fidius_rt *fidius_call_rt(void);
 
+// fidius_gilstate_main makes main, this thread's main-interpreter state,
+// its gilstate state again, in place of from (NULL: none), an isolated
+// interpreter's state it has just detached (gilstate.c; 3.12+).
+void fidius_gilstate_main(PyThreadState *from, PyThreadState *main);
+
 void fidius_arm(fidius_ctl *ctl, int cleanup);   // GIL held; cleanup: the grace period starts now
 void fidius_disarm(fidius_ctl *ctl);             // GIL held, on the call's own thread
 void fidius_cancel_enter(fidius_ctl *ctl);       // the call's own thread: whose code runs here (NULL: none)

@@ -6,15 +6,15 @@
 // wrong as soon as a thread runs code in two interpreters.
 //
 // CPython 3.12 and 3.13 still keep, per OS thread, the "gilstate" thread
-// state PyGILState_* would use, and move it to whichever state the thread
-// last attached, clearing a flag in the one it had before. A state of an
-// isolated interpreter is deleted when the interpreter ends, from another
-// thread, so the next attach on its own thread would write to freed
-// memory. So the states of isolated interpreters are never made a
-// thread's gilstate one: each is marked as bound already (the flag
-// attaching tests) when made, and unmarked before it is deleted (so that
-// deleting it does not clear the deleting thread's binding). Every
-// thread's gilstate state stays its main-interpreter one.
+// state PyGILState_* uses, and move it to whichever state the thread
+// attaches, clearing a flag in the one it had before. Extension modules'
+// callbacks (sqlite3, ctypes, _ssl) call PyGILState_Ensure inside a call,
+// so while an isolated call runs it must be that call's state, as CPython
+// makes it. But a state of an isolated interpreter is deleted when the
+// interpreter ends, from another thread, and the next attach on its own
+// thread would then write to freed memory. So each time a thread lets go
+// of an isolated interpreter's GIL, its gilstate state goes back to its
+// main-interpreter one (gilstate.c, through CPython's internal key).
 
 #include "bridge.h"
 
@@ -143,16 +143,6 @@ static void remember(fidius_rt *rt, PyThreadState *ts) {
 	pthread_mutex_unlock(&reg_mu);
 }
 
-// unbindable keeps attaching ts from making it its thread's gilstate
-// state (see the top of the file).
-static void unbindable(PyThreadState *ts) {
-#if PY_VERSION_HEX >= 0x030C0000
-	ts->_status.bound_gilstate = 1;
-#else
-	(void)ts;
-#endif
-}
-
 static PyThreadState *sub_ts(fidius_rt *rt) {
 	for (int i = 0; i < tls_nsubs; i++)
 		if (tls_subs[i].id == rt->id)
@@ -161,7 +151,6 @@ static PyThreadState *sub_ts(fidius_rt *rt) {
 	PyThreadState *ts = PyThreadState_New(rt->is);
 	if (ts == NULL)
 		Py_FatalError("fidius: cannot make a thread state");
-	unbindable(ts);
 	remember(rt, ts);
 	return ts;
 }
@@ -183,7 +172,11 @@ void fidius_gil_acquire(fidius_rt *rt) {
 	PyEval_RestoreThread(sub_ts(rt));
 }
 
-void fidius_gil_release(void) { PyEval_SaveThread(); }
+void fidius_gil_release(void) {
+	PyThreadState *ts = PyEval_SaveThread();
+	if (ts->interp != main_rt.is)
+		fidius_gilstate_main(ts, tls_ts);
+}
 
 void fidius_call_began(fidius_rt *rt) { tls_call_rt = rt; }
 
@@ -269,14 +262,6 @@ fidius_rt *fidius_rt_new(int refused, fidius_result *r) {
 		free(rt);
 		return NULL;
 	}
-	// Making it attached the new state and made it this thread's gilstate
-	// one. Attaching the main one again moves the binding back; then the
-	// new one is marked so that it never takes it.
-	PyEval_SaveThread();
-	PyEval_RestoreThread(caller);
-	PyEval_SaveThread();
-	unbindable(ts);
-	PyEval_RestoreThread(ts);
 	rt->is = PyThreadState_GetInterpreter(ts);
 	if (PySys_SetObject("dont_write_bytecode", no_bytecode ? Py_True : Py_False) < 0)
 		PyErr_Clear();
@@ -291,6 +276,13 @@ fidius_rt *fidius_rt_new(int refused, fidius_result *r) {
 }
 
 int fidius_rt_busy(fidius_rt *rt) {
+	// The plugin's atexit functions run first, as Py_EndInterpreter would
+	// run them, but here, where a thread one of them starts is waited for.
+	PyObject *atexit = PyImport_ImportModule("atexit");
+	PyObject *res = atexit != NULL ? PyObject_CallMethod(atexit, "_run_exitfuncs", NULL) : NULL;
+	Py_XDECREF(res);
+	Py_XDECREF(atexit);
+	PyErr_Clear();
 	int n = 0;
 	pthread_mutex_lock(&reg_mu);
 	for (PyThreadState *t = PyInterpreterState_ThreadHead(rt->is); t != NULL; t = PyThreadState_Next(t)) {
@@ -329,14 +321,15 @@ void fidius_rt_end(fidius_rt *rt) {
 	rt->nts = rt->capts = 0;
 	pthread_mutex_unlock(&reg_mu);
 	for (int i = 0; i < n; i++) {
-		states[i]->_status.bound_gilstate = 0; // deleting it must not unbind this thread's
 		if (states[i] == self)
-			continue;
+			continue; // this thread's gilstate state: Py_EndInterpreter unbinds it
+		states[i]->_status.bound_gilstate = 0; // no thread's, since every release moves it back
 		PyThreadState_Clear(states[i]);
 		PyThreadState_Delete(states[i]);
 	}
 	free(states);
 	Py_EndInterpreter(self);
+	fidius_gilstate_main(NULL, main_ts());
 	free(rt);
 }
 

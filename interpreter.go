@@ -83,9 +83,7 @@ func ensureInterpreter() error {
 	startOnce.Do(func() {
 		started := make(chan error)
 		go pythonMainThread(started)
-		if startErr = <-started; startErr == nil {
-			go canceller.run()
-		}
+		startErr = <-started
 	})
 	return startErr
 }

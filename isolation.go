@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"go.uber.org/zap"
@@ -101,11 +102,20 @@ func (i *instance) endNow() {
 	liveInstances.Add(-1)
 }
 
-// endWaiting ends the interpreter once the plugin's threads are over.
+// endWaiting ends the interpreter once the plugin's threads are over,
+// looking again every so often: Py_EndInterpreter itself would wait only
+// for threading's threads, and end the process over one _thread started.
 func (i *instance) endWaiting() {
 	runtime.LockOSThread()
-	C.fidius_gil_acquire(i.in.rt)
-	i.endNow()
+	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		C.fidius_gil_acquire(i.in.rt)
+		if C.fidius_rt_busy(i.in.rt) == 0 {
+			i.endNow()
+			return
+		}
+		C.fidius_gil_release()
+		time.Sleep(wait)
+	}
 }
 
 // pool is an isolated handle's instances.
@@ -164,16 +174,22 @@ func endAll(insts []*instance) {
 }
 
 // refusedModules are extension modules an isolated interpreter refuses
-// before CPython tries them (see _NotIsolatable in host.py): on 3.12,
+// before CPython tries them (see _NotIsolatable in host.py). On 3.12,
 // those of the standard library that CPython would refuse only after
-// running their init function in the isolated interpreter. 3.13 refuses
-// them cleanly itself.
+// running their init function in the isolated interpreter, which leaves
+// state behind that crashes the process later (_decimal, _datetime). On
+// 3.13, _datetime, which loads but ends the process with a bad free when
+// a second interpreter that imported it ends. datetime and decimal fall
+// back to their pure-Python versions.
 var refusedModules = func() []string { // a variable: a test turns the guard off to show the crash it prevents
-	if pythonMinor() != "3.12" {
-		return nil
+	switch pythonMinor() {
+	case "3.12":
+		return []string{"_ctypes", "_curses", "_curses_panel", "_datetime", "_decimal", "_elementtree",
+			"_lsprof", "_tkinter", "faulthandler", "nis", "ossaudiodev", "pyexpat", "readline"}
+	case "3.13":
+		return []string{"_datetime"}
 	}
-	return []string{"_ctypes", "_curses", "_curses_panel", "_datetime", "_decimal", "_elementtree",
-		"_lsprof", "_tkinter", "faulthandler", "nis", "ossaudiodev", "pyexpat", "readline"}
+	return nil
 }
 
 // isolationAvailable returns ErrNotIsolatable when the linked CPython has

@@ -463,12 +463,13 @@ def f():
 	}
 }
 
-// TestIsolationGuards reproduces, in child processes, the two CPython 3.12
-// defects the library guards against, and shows the host survives them:
-// a refused interpreter (CPython gave up the main GIL and did not take it
-// back) and _decimal/_datetime imported by the main interpreter after an
-// isolated one tried them. Without the guard the second ends the process
-// on 3.12 ("double free"), which the last case shows.
+// TestIsolationGuards reproduces, in child processes, the CPython defects
+// the library guards against, and shows the host survives them: a
+// refused interpreter (3.12 gave up the main GIL and did not take it
+// back); _decimal and _datetime imported by the main interpreter after an
+// isolated one tried them (3.12); two isolated interpreters that imported
+// _datetime ending (3.13). Without the guard the process ends ("double
+// free", "free(): invalid pointer"), which the last case shows.
 func TestIsolationGuards(t *testing.T) {
 	needIsolation(t)
 	for _, c := range []struct {
@@ -478,7 +479,7 @@ func TestIsolationGuards(t *testing.T) {
 	}{
 		{"refused interpreter", nil, true},
 		{"C modules after an isolated import", nil, true},
-		{"C modules after an isolated import, unguarded", []string{"FIDIUS_TEST_UNGUARDED=1"}, pythonMinor() != "3.12"},
+		{"C modules after an isolated import, unguarded", []string{"FIDIUS_TEST_UNGUARDED=1"}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if !inChild(t) {
@@ -500,10 +501,15 @@ func TestIsolationGuards(t *testing.T) {
 				wantErr(t, err, ErrNotIsolatable, "CPython refused to make an isolated interpreter")
 			} else {
 				dir, d := simplePlugin(t, "import datetime, decimal\ndef f():\n    return str(decimal.Decimal(1) / 8)\n", MethodDesc{Name: "f"})
-				h := loadIsolated(t, dir, d, 1)
+				h, err := LoadPythonPlugin(dir, d, WithIsolation(2))
+				if err != nil {
+					t.Fatal(err)
+				}
 				if got := callNamed[string](t, h, "f"); got != "0.125" {
 					t.Fatalf("isolated decimal: %q", got)
 				}
+				h.Close() // two interpreters that imported datetime end
+				waitInstances(t, 0)
 				dir, d = simplePlugin(t, "import _datetime, _decimal\ndef f():\n    return str(_decimal.Decimal(1) / 8) + ' ' + str(_datetime.date(2026, 1, 2))\n", MethodDesc{Name: "f"})
 				if got := callNamed[string](t, mustLoadShared(t, dir, d), "f"); got != "0.125 2026-01-02" {
 					t.Fatalf("shared C modules: %q", got)
@@ -652,5 +658,153 @@ func TestIsolatedHandleDroppedWithoutClose(t *testing.T) {
 	}
 	if n := liveInstances.Load(); n != base {
 		t.Errorf("%d isolated interpreters alive after the handle was dropped, want %d", n, base)
+	}
+}
+
+// Extension modules call back into Python through PyGILState_Ensure
+// (sqlite3's user functions, ctypes' callbacks): inside an isolated call
+// that must find the call's own thread state.
+func TestIsolatedExtensionCallbacks(t *testing.T) {
+	needIsolation(t)
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, time.Minute))
+		return
+	}
+	dir, d := simplePlugin(t, `
+import sqlite3
+def twice(x):
+    con = sqlite3.connect(":memory:")
+    con.create_function("twice", 1, lambda v: v * 2)
+    try:
+        return con.execute("select twice(?)", (x,)).fetchone()[0]
+    finally:
+        con.close()
+`, MethodDesc{Name: "twice"})
+	h := loadIsolated(t, dir, d, 2)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			for i := range 50 {
+				x := g*100 + i
+				if got, err := Call[int](c, h, 0, x); err != nil || got != 2*x {
+					t.Errorf("twice(%d) through sqlite3 = %d, %v", x, got, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if pythonMinor() == "3.12" {
+		return // _ctypes is refused there
+	}
+	dir, d = simplePlugin(t, `
+import ctypes, ctypes.util
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+CMP = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int))
+def sort(xs):
+    arr = (ctypes.c_int * len(xs))(*xs)
+    libc.qsort(arr, len(xs), ctypes.sizeof(ctypes.c_int), CMP(lambda a, b: a[0] - b[0]))
+    return list(arr)
+`, MethodDesc{Name: "sort"})
+	h = loadIsolated(t, dir, d, 1)
+	for range 20 {
+		if got, err := Call[[]int](ctx, h, 0, []int{5, 3, 9, 1, 7}); err != nil || fmt.Sprint(got) != "[1 3 5 7 9]" {
+			t.Fatalf("sort through ctypes' qsort = %v, %v", got, err)
+		}
+	}
+}
+
+// Threads a plugin started and that still run when it is closed: one
+// started with _thread (which ending an interpreter does not wait for by
+// itself), one started by an atexit function, and one that never ends,
+// while the thread limit is 1: Close returns at once, other plugins'
+// calls go on, and the interpreters end once their threads do.
+func TestIsolatedCloseWithRunningThreads(t *testing.T) {
+	needIsolation(t)
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, time.Minute))
+		return
+	}
+	SetThreadLimit(1)
+	base := liveInstances.Load()
+	dir, d := simplePlugin(t, `
+import _thread, atexit, threading, time
+def raw():
+    _thread.start_new_thread(time.sleep, (0.5,))
+def at_exit():
+    atexit.register(lambda: threading.Thread(target=time.sleep, args=(0.5,)).start())
+def forever():
+    threading.Thread(target=lambda: [time.sleep(0.05) for _ in iter(int, 1)]).start()
+`, MethodDesc{Name: "raw"}, MethodDesc{Name: "at_exit"}, MethodDesc{Name: "forever"})
+	other, od := simplePlugin(t, "def ping():\n    return 1\n", MethodDesc{Name: "ping"})
+	shared := mustLoadShared(t, other, od)
+	for i, m := range []string{"raw", "at_exit", "forever"} {
+		h, err := LoadPythonPlugin(dir, d, WithIsolation(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		callNamed[any](t, h, m)
+		start := time.Now()
+		h.Close()
+		if took := time.Since(start); took > 300*time.Millisecond {
+			t.Errorf("%s: Close took %v", m, took)
+		}
+		c, cancel := context.WithTimeout(ctx, 3*time.Second)
+		if _, err := shared.CallJSON(c, 0, nil); err != nil {
+			t.Errorf("%s: another plugin's call while the closed one's thread runs: %v", m, err)
+		}
+		cancel()
+		if m != "forever" {
+			waitInstances(t, base)
+		} else if n := liveInstances.Load(); n != base+1 {
+			t.Errorf("%d interpreters alive, want %d: the one whose thread never ends stays", n, base+1)
+		}
+		_ = i
+	}
+}
+
+// A call in one isolated plugin whose GIL a long C function holds (a
+// backtracking regular expression) does not hold up the cancellation of
+// a call in another.
+func TestIsolatedCancellationNotHeldUpByAnotherInterpreter(t *testing.T) {
+	needIsolation(t)
+	if !inChild(t) {
+		wantChildPass(t, runChild(t, time.Minute))
+		return
+	}
+	dir, d := simplePlugin(t, "import re\ndef grind():\n    re.match(r'(x+x+)+y', 'x' * 28)\n", MethodDesc{Name: "grind"})
+	a := loadIsolated(t, dir, d, 1)
+	dir, d = simplePlugin(t, `
+import time
+STOPPED = [0.0]
+def spin():
+    try:
+        while True:
+            pass
+    finally:
+        STOPPED[0] = time.time()
+def stopped():
+    return STOPPED[0]
+`, MethodDesc{Name: "spin"}, MethodDesc{Name: "stopped"})
+	b := loadIsolated(t, dir, d, 1)
+	ca, cancelA := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancelA()
+	go a.CallJSON(ca, 0, nil)
+	time.Sleep(50 * time.Millisecond)
+	cb, cancelB := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelB()
+	if _, err := b.CallJSON(cb, 0, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("spin: %v", err)
+	}
+	ended := time.Now()
+	for callNamed[float64](t, b, "stopped") == 0 {
+		if time.Since(ended) > 2*time.Second {
+			t.Fatal("the cancelled while True still runs 2 s after its context ended: its cancellation waits for another interpreter's GIL")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

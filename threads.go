@@ -339,79 +339,85 @@ func (c *cancellation) deliver() bool {
 // a stream.
 func (c *cancellation) nextStep() { atomic.StoreInt32(c.state(), C.FIDIUS_WAITING) }
 
-// canceller is the one thread that cancels calls. Interrupting a call
-// needs the GIL, so cancellations queue here and are handled in batches:
-// however many contexts end at once, they cost one waiting thread.
-var canceller = &cancelQueue{wake: make(chan struct{}, 1)}
+// canceller cancels calls. Interrupting a call needs the GIL of the
+// interpreter it runs in, so cancellations queue, one queue for each
+// interpreter, and each queue has a thread of its own while it has work:
+// however many contexts end at once they cost one waiting thread per
+// interpreter, and an interpreter whose GIL a long C function holds does
+// not hold up the cancellation of calls in others.
+var canceller = &cancelQueue{workers: map[*C.fidius_rt]*cancelWorker{}}
 
 type cancelQueue struct {
 	mu      sync.Mutex
+	workers map[*C.fidius_rt]*cancelWorker
+}
+
+// cancelWorker is one interpreter's queue; pending is guarded by the
+// queue's mu.
+type cancelWorker struct {
+	rt      *C.fidius_rt
 	pending []*cancellation
 	wake    chan struct{}
 }
 
 func (q *cancelQueue) send(c *cancellation) {
 	q.mu.Lock()
-	q.pending = append(q.pending, c)
+	w := q.workers[c.rt]
+	if w == nil {
+		w = &cancelWorker{rt: c.rt, wake: make(chan struct{}, 1)}
+		q.workers[c.rt] = w
+		go q.run(w)
+	}
+	w.pending = append(w.pending, c)
 	q.mu.Unlock()
 	select {
-	case q.wake <- struct{}{}:
+	case w.wake <- struct{}{}:
 	default:
 	}
 }
 
-func (q *cancelQueue) run() {
+// run interrupts w's calls, then keeps checking those still running every
+// 100 ms (a plugin may have removed the interrupt: sys.settrace(None), say)
+// until none is left and nothing is pending; then the worker goes. Its
+// interpreter lives as long as a cancellation holds it, so none ends under
+// the worker.
+func (q *cancelQueue) run(w *cancelWorker) {
 	runtime.LockOSThread()
-	// Calls cancelled but still running are checked again every 100 ms: a
-	// plugin may have removed the interrupt (sys.settrace(None), say).
+	defer runtime.UnlockOSThread()
 	var watching []*cancellation
 	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
 	for {
-		select {
-		case <-q.wake:
-		case <-tick.C:
-			if len(watching) == 0 {
-				continue
-			}
-		}
 		q.mu.Lock()
-		batch := q.pending
-		q.pending = nil
-		q.mu.Unlock()
+		batch := w.pending
+		w.pending = nil
 		if len(batch) == 0 && len(watching) == 0 {
-			continue
+			delete(q.workers, w.rt)
+			q.mu.Unlock()
+			return
 		}
+		q.mu.Unlock()
 		var still, done []*cancellation
-		// Each call's control block is read under the GIL of its own
-		// interpreter; the thread moves from one to the next.
-		var held *C.fidius_rt
-		hold := func(rt *C.fidius_rt) {
-			if held != rt {
-				if held != nil {
-					C.fidius_gil_release()
-				}
-				C.fidius_gil_acquire(rt)
-				held = rt
-			}
-		}
+		C.fidius_gil_acquire(w.rt)
 		for _, c := range batch {
-			hold(c.rt)
 			C.fidius_interrupt(c.ctl)
 		}
 		for _, c := range append(watching, batch...) {
-			hold(c.rt)
 			if C.fidius_rearm(c.ctl) != 0 {
 				still = append(still, c)
 			} else {
 				done = append(done, c)
 			}
 		}
-		if held != nil {
-			C.fidius_gil_release()
-		}
+		C.fidius_gil_release()
 		for _, c := range done {
 			c.release()
 		}
-		watching = still
+		if watching = still; len(watching) > 0 {
+			select {
+			case <-w.wake:
+			case <-tick.C:
+			}
+		}
 	}
 }

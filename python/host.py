@@ -308,11 +308,11 @@ def keep_go_signals():
 class _NotIsolatable:
     """A finder, first on sys.meta_path of an isolated interpreter, that
     refuses the extension modules named before CPython runs their init
-    function. CPython 3.12 runs a single-phase init function in the
-    isolated interpreter before refusing the module, and what it leaves
-    behind (_decimal, _datetime) crashes the process when the main
-    interpreter imports the module later. The standard library falls back
-    to its pure-Python versions (decimal, datetime) on this ImportError."""
+    function: on CPython 3.12 the init of a module it refuses runs first,
+    and what _decimal or _datetime leave behind crashes the process later;
+    on 3.13 _datetime loads, but a second interpreter that imported it
+    crashes the process when it ends. The standard library falls back to
+    its pure-Python versions (decimal, datetime) on this ImportError."""
 
     def __init__(self, names):
         self._names = frozenset(names)
@@ -321,7 +321,7 @@ class _NotIsolatable:
         if name in self._names:
             raise ImportError(
                 f"module {name} does not support loading in subinterpreters "
-                "(refused by fidius before its init function runs)",
+                "(refused by fidius before its init function runs: see Isolated plugins in its README)",
                 name=name,
             )
         return None
