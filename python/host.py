@@ -327,19 +327,28 @@ class _NotIsolatable:
         return None
 
 
+_guard = None
+
+
 def isolate(names):
     """Set up an isolated interpreter: refuse the extension modules names
-    before CPython tries them."""
+    before CPython tries them (ensure_sdk keeps the finder first)."""
+    global _guard
     if names:
-        sys.meta_path.insert(0, _NotIsolatable(names))
+        _guard = _NotIsolatable(names)
+        sys.meta_path.insert(0, _guard)
 
 
 def ensure_sdk():
     """Put the embedded SDK's finder back at the end of sys.meta_path if a
-    plugin removed it (or replaced sys.meta_path), and Go's signal handlers
-    in place."""
+    plugin removed it (or replaced sys.meta_path), an isolated
+    interpreter's guard back first, and Go's signal handlers in place."""
     keep_go_signals()
     if not isinstance(sys.meta_path, list):
         sys.meta_path = list(sys.meta_path) if sys.meta_path else []
     if _sdk not in sys.meta_path:
         sys.meta_path.append(_sdk)
+    if _guard is not None and sys.meta_path[0] is not _guard:
+        if _guard in sys.meta_path:
+            sys.meta_path.remove(_guard)
+        sys.meta_path.insert(0, _guard)
