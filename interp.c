@@ -1,9 +1,11 @@
 // interp.c owns the interpreters plugins run in: the main one, started
 // once and shared, and isolated ones (CPython 3.12 and later), each with
 // its own GIL, sys.modules and helper objects; and the Python thread state
-// each OS thread keeps for each interpreter it has run code in. Nothing
-// here uses PyGILState_*: it knows one thread state per thread, which is
-// wrong as soon as a thread runs code in two interpreters.
+// each OS thread keeps for each interpreter it has run code in. The paths
+// of isolated interpreters use no PyGILState_*: it knows one thread state
+// per thread, which is wrong as soon as a thread runs code in two
+// interpreters. (The main interpreter's adopts a state PyGILState made, on
+// a thread where another part of the process did.)
 //
 // CPython 3.12 and 3.13 still keep, per OS thread, the "gilstate" thread
 // state PyGILState_* uses, and move it to whichever state the thread
