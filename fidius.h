@@ -100,7 +100,6 @@ typedef struct {
 // Interpreters and their GILs (interp.c).
 int fidius_start(void);                   // Py_InitializeEx(0) once; returns with the main GIL held
 fidius_rt *fidius_main_rt(void);
-int fidius_rt_isolated(fidius_rt *rt);
 void fidius_gil_acquire(fidius_rt *rt);   // takes rt's GIL with this OS thread's kept state in rt
 void fidius_gil_release(void);            // releases the GIL this thread holds
 // fidius_rt_new makes an isolated interpreter (3.12+) with its own GIL,

@@ -65,8 +65,6 @@ static __thread fidius_rt *tls_call_rt;
 
 fidius_rt *fidius_main_rt(void) { return &main_rt; }
 
-int fidius_rt_isolated(fidius_rt *rt) { return rt != &main_rt; }
-
 static void ts_destroy(void *p) {
 	PyThreadState *ts = p;
 	PyEval_RestoreThread(ts);
