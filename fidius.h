@@ -109,7 +109,7 @@ void fidius_gil_release(void);            // releases the GIL this thread holds
 // runs in it; the thread holds no GIL afterwards.
 fidius_rt *fidius_rt_new(int refused, fidius_result *r);
 void fidius_rt_end(fidius_rt *rt);
-// fidius_rt_busy runs the plugin's atexit functions, then counts the
+// fidius_rt_busy drops the plugin's atexit functions, then counts the
 // threads running in rt that the library did not make: the plugin's own,
 // which ending rt waits for (its GIL held).
 int fidius_rt_busy(fidius_rt *rt);

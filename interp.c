@@ -276,10 +276,12 @@ fidius_rt *fidius_rt_new(int refused, fidius_result *r) {
 }
 
 int fidius_rt_busy(fidius_rt *rt) {
-	// The plugin's atexit functions run first, as Py_EndInterpreter would
-	// run them, but here, where a thread one of them starts is waited for.
+	// The plugin's atexit functions are dropped, not run: Py_EndInterpreter
+	// would run them after its last wait for threads, so one that starts a
+	// thread would end the process, and one that never returns would hang
+	// Close. The shared interpreter never runs them either.
 	PyObject *atexit = PyImport_ImportModule("atexit");
-	PyObject *res = atexit != NULL ? PyObject_CallMethod(atexit, "_run_exitfuncs", NULL) : NULL;
+	PyObject *res = atexit != NULL ? PyObject_CallMethod(atexit, "_clear", NULL) : NULL;
 	Py_XDECREF(res);
 	Py_XDECREF(atexit);
 	PyErr_Clear();

@@ -720,9 +720,10 @@ def sort(xs):
 
 // Threads a plugin started and that still run when it is closed: one
 // started with _thread (which ending an interpreter does not wait for by
-// itself), one started by an atexit function, and one that never ends,
-// while the thread limit is 1: Close returns at once, other plugins'
-// calls go on, and the interpreters end once their threads do.
+// itself), one an atexit function would start (atexit functions are
+// dropped), and one that never ends, while the thread limit is 1: Close
+// returns at once, other plugins' calls go on, and the interpreters end
+// once their threads do.
 func TestIsolatedCloseWithRunningThreads(t *testing.T) {
 	needIsolation(t)
 	if !inChild(t) {
