@@ -146,6 +146,10 @@ func mustLoadShared(t testing.TB, dir string, d *InterfaceDescriptor) *PluginHan
 
 func TestIsolatedCancellationLeavesOthersRunning(t *testing.T) {
 	needIsolation(t)
+	if !inChild(t) { // a while True that failed to stop would spin on
+		wantChildPass(t, runChild(t, time.Minute))
+		return
+	}
 	src := "def spin():\n    n = 0\n    while True:\n        n += 1\n\ndef ping(x):\n    return x + 1\n"
 	methods := []MethodDesc{{Name: "spin"}, {Name: "ping"}}
 	dir, d := simplePlugin(t, src, methods...)
@@ -807,5 +811,76 @@ def stopped():
 			t.Fatal("the cancelled while True still runs 2 s after its context ended: its cancellation waits for another interpreter's GIL")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A reload that fails in the second of three instances leaves all three
+// on the old code; the next reload switches all three.
+func TestIsolatedReloadFailingHalfway(t *testing.T) {
+	needIsolation(t)
+	dir, d := simplePlugin(t, `
+import os
+_here = os.path.dirname(__file__)
+with open(os.path.join(_here, "imports"), "a+") as f:
+    f.write("x")
+    f.seek(0)
+    n = len(f.read())
+if n == 5:
+    raise RuntimeError("the fifth import fails")
+with open(os.path.join(_here, "version")) as f:
+    VERSION = f.read()
+def version():
+    return VERSION
+`, MethodDesc{Name: "version"})
+	writeFile(t, filepath.Join(dir, "version"), "1")
+	h := loadIsolated(t, dir, d, 3) // imports 1 to 3
+	versions := func() map[string]bool {
+		seen := map[string]bool{}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for range 6 { // calls at once land on every instance
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 20 {
+					v := callNamed[string](t, h, "version")
+					mu.Lock()
+					seen[v] = true
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		return seen
+	}
+	writeFile(t, filepath.Join(dir, "version"), "2")
+	wantErr(t, h.Reload(), ErrImportFailed, "the fifth import fails") // imports 4 and 5
+	if got := versions(); len(got) != 1 || !got["1"] {
+		t.Errorf("after a reload failing in instance 2: versions %v, want only 1", got)
+	}
+	if err := h.Reload(); err != nil { // imports 6 to 8
+		t.Fatal(err)
+	}
+	if got := versions(); len(got) != 1 || !got["2"] {
+		t.Errorf("after a good reload: versions %v, want only 2", got)
+	}
+}
+
+// An isolated plugin's atexit functions do not run when its interpreter
+// ends, as in the shared interpreter.
+func TestIsolatedAtexitDoesNotRun(t *testing.T) {
+	needIsolation(t)
+	base := liveInstances.Load()
+	marker := filepath.Join(t.TempDir(), "ran")
+	dir, d := simplePlugin(t, "import atexit\natexit.register(lambda: open("+pyQuote(marker)+", 'w').close())\ndef f():\n    return 1\n", MethodDesc{Name: "f"})
+	h, err := LoadPythonPlugin(dir, d, WithIsolation(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	callNamed[int](t, h, "f")
+	h.Close()
+	waitInstances(t, base)
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("the plugin's atexit function ran when its interpreter ended")
 	}
 }
