@@ -50,6 +50,12 @@ var (
 	// does not support one (the error names it), or the linked CPython is
 	// older than 3.12. Such a plugin runs in the shared interpreter.
 	ErrNotIsolatable = errors.New("plugin cannot run in an isolated interpreter")
+	// ErrWorkerCrashed reports a plugin loaded WithWorkers whose worker
+	// process ended before it answered: it crashed, called os._exit, ran
+	// out of its memory limit or was killed after its call's context
+	// ended. The error is a *WorkerCrashError; the worker is replaced.
+	// It is also the error of a worker that cannot be started.
+	ErrWorkerCrashed = errors.New("plugin worker process ended")
 	// ErrInvalidMethodIndex reports a method index outside [0, MethodCount()).
 	ErrInvalidMethodIndex = errors.New("invalid method index")
 	// ErrWireModeMismatch reports a raw method called typed, a typed method

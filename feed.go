@@ -17,7 +17,6 @@ import (
 	"iter"
 	"runtime"
 	"sync"
-	"unsafe"
 )
 
 // hostStreamErrorCode is the class name of the exception a plugin sees at
@@ -188,48 +187,60 @@ func (f *feed) produce() {
 }
 
 //export fidiusFeedNext
-func fidiusFeedNext(id C.uintptr_t) (status C.int) {
+func fidiusFeedNext(id C.uintptr_t) C.int {
 	f := lookupFeed(id)
 	if f == nil {
 		return 0
 	}
+	item, status := f.next()
+	if status != 0 {
+		C.fidius_feed_put(bytesPtr(item), C.size_t(len(item)))
+	}
+	return C.int(status)
+}
+
+// next gives the plugin the host's next item: the item and 1, nothing and
+// 0 at the end, or the host's error message and -1.
+func (f *feed) next() (item []byte, status int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.done {
-		return 0
+		return nil, 0
 	}
-	fail := func(err error) C.int {
+	fail := func(err error) ([]byte, int) {
 		f.err = err
 		f.finish()
-		msg := err.Error()
-		C.fidius_feed_put((*C.char)(unsafe.Pointer(unsafe.StringData(msg))), C.size_t(len(msg)))
-		return -1
+		return []byte(err.Error()), -1
 	}
 	defer func() {
 		// A panic must not unwind through C: it becomes the host's error.
 		if p := recover(); p != nil {
-			status = fail(fmt.Errorf("the host's input iterator panicked: %v", p))
+			item, status = fail(fmt.Errorf("the host's input iterator panicked: %v", p))
 		}
 	}()
 	it := f.pull()
 	switch {
 	case it.end:
 		f.finish()
-		return 0
+		return nil, 0
 	case it.err != nil:
 		return fail(it.err)
 	}
-	C.fidius_feed_put(bytesPtr(it.item), C.size_t(len(it.item)))
-	return 1
+	return it.item, 1
+}
+
+// stop stops the host's iterator, if it still runs.
+func (f *feed) stop() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	defer func() { recover() }() // a panic in the iterator's cleanup has nowhere to go
+	f.finish()
 }
 
 //export fidiusFeedStop
 func fidiusFeedStop(id C.uintptr_t) {
 	if f := lookupFeed(id); f != nil {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		defer func() { recover() }() // a panic in the iterator's cleanup has nowhere to go
-		f.finish()
+		f.stop()
 	}
 }
 
@@ -277,6 +288,9 @@ func (h *PluginHandle) CallClientStream(ctx context.Context, i int, items iter.S
 	if err != nil {
 		return nil, err
 	}
+	if h.wk != nil {
+		return h.workerCall(ctx, i, m, clientStreamCall, nil, args, items)
+	}
 	t, ok := h.target()
 	if !ok {
 		return nil, h.errClosed()
@@ -303,6 +317,10 @@ func (h *PluginHandle) CallBidiStream(ctx context.Context, i int, items iter.Seq
 		m, err := h.method(ctx, i, bidiCall)
 		if err != nil {
 			yield(nil, err)
+			return
+		}
+		if h.wk != nil {
+			h.workerStream(ctx, i, m, args, items, yield)
 			return
 		}
 		s := &stream{h: h, m: m}

@@ -29,6 +29,7 @@ type PluginHandle struct {
 	plugin  *plugin
 	slot    *C.fidius_slot // C memory: calls go through it, Reload and Close swap it; nil when isolated
 	pool    *pool          // an isolated plugin's instances, or nil
+	wk      *workers       // a plugin's worker processes, or nil
 	closed  atomic.Bool
 	present atomic.Pointer[[]bool] // which methods the loaded code defines; swapped by Reload
 }
@@ -77,6 +78,10 @@ func (h *PluginHandle) MethodCount() int { return len(h.plugin.desc.Methods) }
 // always returns nil.
 func (h *PluginHandle) Close() error {
 	if h.closed.Swap(true) {
+		return nil
+	}
+	if h.wk != nil {
+		h.closeWorkers()
 		return nil
 	}
 	if h.pool != nil {
@@ -214,6 +219,9 @@ func (h *PluginHandle) call(ctx context.Context, i int, kind callKind, dst, inpu
 	m, err := h.method(ctx, i, kind)
 	if err != nil {
 		return dst, err
+	}
+	if h.wk != nil {
+		return h.workerCall(ctx, i, m, kind, dst, input, nil)
 	}
 	t, ok := h.target()
 	if !ok {

@@ -42,14 +42,21 @@ func (p *plugin) bind(mod *pyObject) (binding, error) {
 		return nil, nil // imports nothing
 	}
 	defer decl.decRef()
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: module %q: %s", ErrHostImport, p.entry, fmt.Sprintf(format, args...))
-	}
 	// Read through JSON: the declaration is plain data.
 	raw, err := encodeValue(decl)
 	if err != nil {
-		return nil, bad("%s is not plain data: %v", hostImportsAttr, err)
+		return nil, p.badImports("%s is not plain data: %v", hostImportsAttr, err)
 	}
+	return p.bindJSON(raw)
+}
+
+func (p *plugin) badImports(format string, args ...any) error {
+	return fmt.Errorf("%w: module %q: %s", ErrHostImport, p.entry, fmt.Sprintf(format, args...))
+}
+
+// bindJSON is bind for the declaration's JSON.
+func (p *plugin) bindJSON(raw []byte) (binding, error) {
+	bad := p.badImports
 	var imports map[string]struct {
 		Version *uint32 `json:"version"`
 		Hash    *uint64 `json:"hash"`
@@ -122,11 +129,32 @@ func hostAnswer(b []byte) {
 }
 
 //export fidiusHostCall
-func fidiusHostCall(id C.uintptr_t, name *C.char, nameLen C.size_t, method *C.char, methodLen C.size_t, args *C.char, argsLen C.size_t) (status C.int) {
+func fidiusHostCall(id C.uintptr_t, name *C.char, nameLen C.size_t, method *C.char, methodLen C.size_t, args *C.char, argsLen C.size_t) C.int {
 	iface := C.GoStringN(name, C.int(nameLen))
 	fn := C.GoStringN(method, C.int(methodLen))
 	in := json.RawMessage(C.GoBytes(unsafe.Pointer(args), C.int(argsLen)))
-	fail := func(code, msg string, details json.RawMessage) C.int {
+	bindings.RLock()
+	b := bindings.m[uintptr(id)]
+	bindings.RUnlock()
+	// The thread leaves the gate while Go runs: the function may call
+	// another plugin, and that call must not wait for this one's place.
+	// It comes back without waiting: the plugin code it returns to may
+	// hold what the thread that took the place waits for (a lock).
+	gate.leave()
+	out, ok := b.call(iface, fn, in)
+	gate.reenter()
+	hostAnswer(out)
+	if !ok {
+		return -1
+	}
+	return 1
+}
+
+// call runs host function iface.fn with args, a JSON array, for a
+// plugin. It returns the result's JSON and true, or the JSON object of
+// the error the plugin raises ({"code", "message", "details"}) and false.
+func (b binding) call(iface, fn string, in json.RawMessage) (out []byte, ok bool) {
+	fail := func(code, msg string, details json.RawMessage) ([]byte, bool) {
 		if len(details) > 0 && !json.Valid(details) {
 			details = nil // a PluginError's details that are not JSON: its code and message still go
 		}
@@ -135,12 +163,8 @@ func fidiusHostCall(id C.uintptr_t, name *C.char, nameLen C.size_t, method *C.ch
 			Message string          `json:"message"`
 			Details json.RawMessage `json:"details,omitempty"`
 		}{code, msg, details})
-		hostAnswer(b)
-		return -1
+		return b, false
 	}
-	bindings.RLock()
-	b := bindings.m[uintptr(id)]
-	bindings.RUnlock()
 	hi := b[iface]
 	if hi == nil {
 		return fail("HOST_NOT_IMPORTED", fmt.Sprintf("host interface %q is not imported: declare it in %s", iface, hostImportsAttr), nil)
@@ -149,16 +173,10 @@ func fidiusHostCall(id C.uintptr_t, name *C.char, nameLen C.size_t, method *C.ch
 	if f == nil {
 		return fail("HOST_NO_METHOD", fmt.Sprintf("host interface %q has no function %q", iface, fn), nil)
 	}
-	// The thread leaves the gate while Go runs: the function may call
-	// another plugin, and that call must not wait for this one's place.
-	// It comes back without waiting: the plugin code it returns to may
-	// hold what the thread that took the place waits for (a lock).
-	gate.leave()
-	defer gate.reenter()
 	defer func() {
-		// A panic must not unwind through C.
+		// A panic must not unwind through C, nor end the host.
 		if p := recover(); p != nil {
-			status = fail("HOST_PANIC", fmt.Sprintf("host function %s.%s panicked: %v", iface, fn, p), nil)
+			out, ok = fail("HOST_PANIC", fmt.Sprintf("host function %s.%s panicked: %v", iface, fn, p), nil)
 		}
 	}()
 	res, err := f(in)
@@ -169,10 +187,9 @@ func fidiusHostCall(id C.uintptr_t, name *C.char, nameLen C.size_t, method *C.ch
 		}
 		return fail("HOST_ERROR", err.Error(), nil)
 	}
-	out, err := marshalArg(res)
+	out, err = marshalArg(res)
 	if err != nil {
 		return fail("HOST_ERROR", fmt.Sprintf("the result of host function %s.%s does not encode: %v", iface, fn, err), nil)
 	}
-	hostAnswer(out)
-	return 1
+	return out, true
 }

@@ -17,9 +17,7 @@ import (
 	"embed"
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -179,25 +177,9 @@ func pycacheDir() string {
 // sdkSources builds {module name: [is_package, source]} from the embedded
 // SDK files. GIL held.
 func sdkSources() (*pyObject, error) {
-	sources := map[string][2]any{}
-	err := fs.WalkDir(sdkFiles, "python", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		src, err := sdkFiles.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		mod := strings.ReplaceAll(strings.TrimSuffix(strings.TrimPrefix(p, "python/"), ".py"), "/", ".")
-		isPkg := path.Base(p) == "__init__.py"
-		if isPkg {
-			mod = strings.TrimSuffix(mod, ".__init__")
-		}
-		sources[mod] = [2]any{isPkg, string(src)}
-		return nil
-	})
+	sources, err := sdkSourceMap()
 	if err != nil {
-		return nil, fmt.Errorf("%w: embedded SDK: %v", ErrImportFailed, err)
+		return nil, err
 	}
 	b, err := json.Marshal(sources)
 	if err != nil {
@@ -245,4 +227,14 @@ func takeImportError(module string) *ImportError {
 func clearError() string {
 	e := readException(C.fidius_take_error())
 	return e.code + ": " + e.message
+}
+
+// sysExecutable is sys.executable, or "" if it is not a path. GIL held.
+func sysExecutable() string {
+	exe := sysGet("executable") // borrowed
+	if exe == nil || !exe.isStr() {
+		return ""
+	}
+	s, _ := goPath(exe)
+	return s
 }

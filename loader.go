@@ -226,6 +226,9 @@ func load(ctx context.Context, packageDir string, desc *InterfaceDescriptor, opt
 		return nil, err
 	}
 	p := &plugin{manifest: m, hosts: o.hosts, dir: dir, entry: m.Python.EntryModule, desc: desc.clone(), config: config, logger: o.logger, strict: o.strict}
+	if o.workers > 0 {
+		return p.loadWorkers(ctx, o)
+	}
 	if o.isolated > 0 {
 		return p.loadIsolated(ctx, o.isolated)
 	}
@@ -427,7 +430,7 @@ func (p *plugin) configure(mod *pyObject) (*pyObject, error) {
 	fn := mod.getAttr(attr)
 	if fn == nil {
 		clearError()
-		return nil, fmt.Errorf("%w: module %q has no %s, required by LoadPythonPluginConfigured", ErrMissingAttr, p.entry, attr)
+		return nil, errNoConfigure(p.entry)
 	}
 	defer fn.decRef()
 	var r C.fidius_result
@@ -470,20 +473,29 @@ func readHash(mod *pyObject, entry string) (uint64, error) {
 	attr := mod.getAttr("__interface_hash__")
 	if attr == nil {
 		clearError()
-		return 0, fmt.Errorf("%w: module %q has no __interface_hash__", ErrMissingAttr, entry)
+		return 0, errNoHash(entry)
 	}
 	defer attr.decRef()
-	notU64 := func(what string) error {
-		return fmt.Errorf("%w: module %q: __interface_hash__ is not an unsigned 64-bit integer: %s", ErrImportFailed, entry, what)
-	}
 	if !attr.isInt() {
-		return 0, notU64("it is a " + typeName(attr))
+		return 0, errHashNotU64(entry, "it is a "+typeName(attr))
 	}
 	got, ok := attr.uint64Value()
 	if !ok {
-		return 0, notU64(reprOf(attr))
+		return 0, errHashNotU64(entry, reprOf(attr))
 	}
 	return got, nil
+}
+
+func errNoHash(entry string) error {
+	return fmt.Errorf("%w: module %q has no __interface_hash__", ErrMissingAttr, entry)
+}
+
+func errHashNotU64(entry, what string) error {
+	return fmt.Errorf("%w: module %q: __interface_hash__ is not an unsigned 64-bit integer: %s", ErrImportFailed, entry, what)
+}
+
+func errNoConfigure(entry string) error {
+	return fmt.Errorf("%w: module %q has no __fidius_configure__, required by LoadPythonPluginConfigured", ErrMissingAttr, entry)
 }
 
 // checkHash compares the module's __interface_hash__ with the descriptor's.
@@ -597,6 +609,9 @@ func (h *PluginHandle) ReloadContext(ctx context.Context) error {
 		return err
 	}
 	p := h.plugin
+	if h.wk != nil {
+		return h.reloadWorkers(ctx)
+	}
 	if h.pool != nil {
 		return h.reloadIsolated(ctx)
 	}

@@ -143,16 +143,34 @@ func simplePlugin(t testing.TB, body string, methods ...MethodDesc) (string, *In
 	return dir, &InterfaceDescriptor{InterfaceName: "Test", InterfaceHash: 0x1234, Methods: methods}
 }
 
-// modeOptions are the options mustLoad loads with: none, or with
-// FIDIUS_TEST_ISOLATION=N in the environment WithIsolation(N), so that
-// the tests written against the shared interpreter check isolated
-// plugins too (CI runs the conformance tests both ways).
+// modeOptions are the options mustLoad loads with: none; with
+// FIDIUS_TEST_ISOLATION=N in the environment WithIsolation(N); with
+// FIDIUS_TEST_WORKERS=N WithWorkers(N). So the tests written against the
+// shared interpreter check isolated plugins and worker processes too (CI
+// runs the conformance tests every way).
 var modeOptions = func() []Option {
 	if n, err := strconv.Atoi(os.Getenv("FIDIUS_TEST_ISOLATION")); err == nil && n > 0 {
 		return []Option{WithIsolation(n)}
 	}
+	if n, err := strconv.Atoi(os.Getenv("FIDIUS_TEST_WORKERS")); err == nil && n > 0 {
+		workerMode = true
+		return []Option{WithWorkers(n)}
+	}
 	return nil
 }()
+
+// workerMode is whether the suite runs with FIDIUS_TEST_WORKERS.
+var workerMode bool
+
+// inProcessOnly skips a test of what only a plugin in this process does
+// (the GIL, threads, the embedded interpreter's state) when the suite runs
+// with FIDIUS_TEST_WORKERS; why says what differs.
+func inProcessOnly(t testing.TB, why string) {
+	t.Helper()
+	if workerMode {
+		t.Skip("in-process only: " + why)
+	}
+}
 
 // sharedOnly skips a test of what only the shared interpreter does (one
 // sys.modules, one sys.path, streams one plugin can restore for another)

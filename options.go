@@ -23,6 +23,9 @@ type loadOptions struct {
 	hasConfig bool
 	hosts     map[string]*HostInterface
 	isolated  int // instances, each in an interpreter of its own; 0: the shared interpreter
+	workers   int // worker processes; 0: in this process
+	python    string
+	memory    int64
 }
 
 // HostFunc is a function a host offers its plugins. args is the JSON array
@@ -111,6 +114,40 @@ func WithStrictValues() Option {
 // time of its own: see Isolation in the README.
 func WithIsolation(n int) Option {
 	return func(o *loadOptions) { o.isolated = max(n, 1) }
+}
+
+// WithWorkers runs the plugin in n worker processes (n < 1 means 1)
+// instead of this one: each is a Python interpreter of its own, started
+// with the embedded worker program (standard library only), which imports
+// the package as LoadPythonPlugin would. The handle is the same: every
+// call, stream, Reload and Close works as in-process, and a call goes to
+// a free worker, so n workers run n calls at once on n cores.
+//
+// A worker that crashes, calls os._exit, runs out of its memory limit or
+// does not stop after its call's context ended is replaced, and only the
+// call it was running fails, with a *WorkerCrashError. A call costs tens
+// of microseconds rather than nanoseconds: see Worker processes in the
+// README. The Python is the one WithInterpreter names, or by default the
+// python3 of the linked CPython (its sys.executable).
+func WithWorkers(n int) Option {
+	return func(o *loadOptions) { o.workers = max(n, 1) }
+}
+
+// WithInterpreter names the Python program that WithWorkers runs, such as
+// a virtual environment's bin/python: its version and installed packages
+// are the plugin's, whatever CPython this program is linked with. Without
+// WithWorkers it has no effect.
+func WithInterpreter(python string) Option {
+	return func(o *loadOptions) { o.python = python }
+}
+
+// WithWorkerMemoryLimit limits each worker process's address space to
+// bytes (RLIMIT_AS), set before the plugin is imported. A plugin that
+// needs more gets a MemoryError, and its worker is replaced (the call's
+// error is a *WorkerCrashError); a crash of C code short of memory is a
+// crash like any other. Without WithWorkers it has no effect.
+func WithWorkerMemoryLimit(bytes int64) Option {
+	return func(o *loadOptions) { o.memory = bytes }
 }
 
 // plugin is what a handle needs to import its plugin again.

@@ -42,6 +42,10 @@ func (h *PluginHandle) CallStream(ctx context.Context, i int, input []byte) iter
 			yield(nil, err)
 			return
 		}
+		if h.wk != nil {
+			h.workerStream(ctx, i, m, input, nil, yield)
+			return
+		}
 		s := &stream{h: h, m: m}
 		if !s.use(yield) {
 			return

@@ -1,0 +1,620 @@
+# The worker process of fidius for Go: one plugin, served to a Go host over
+# the socket on fd 3 (docs/workers.md describes the frames). Run by the Go
+# library as `python -I -c <this source>`; it needs only the standard
+# library. Its stdout and stderr are the host's logger, never the protocol.
+
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+HEADER = struct.Struct("<IBBH")  # payload length, kind, flags, method
+
+# Host to worker.
+LOAD, CALL, RAW, STREAM, NEXT, STOP, FEED, FEED_END, FEED_ERR, HOST_OK, HOST_ERR, CLIENT = range(1, 13)
+# Worker to host.
+OK, PLUGIN_ERR, LOAD_ERR, OUTPUT_ERR, INPUT_ERR, ITEM, END, PULL, HOSTCALL, CANCELLED, READY, DONE = range(20, 32)
+
+SPIN_NS = 50_000  # how long a read polls before it blocks: wake-ups cost more
+MAX_DEPTH = 1000
+
+
+class Lost(Exception):
+    """The host closed the socket: the worker exits."""
+
+
+sock = socket.socket(fileno=3)
+sock.setblocking(False)
+_recv_into = sock.recv_into
+_perf = time.perf_counter_ns
+_select = select.select
+buf = bytearray(1 << 16)
+view = memoryview(buf)
+have = 0  # bytes read ahead into buf
+
+
+def _fill(v):
+    try:
+        n = _recv_into(v)
+    except BlockingIOError:
+        end = _perf() + SPIN_NS
+        while True:
+            try:
+                n = _recv_into(v)
+                break
+            except BlockingIOError:
+                if _perf() > end:
+                    _select([sock], [], [])
+    if n == 0:
+        raise Lost
+    return n
+
+
+def recv():
+    """Read one frame: (kind, flags, method, payload as bytes)."""
+    global buf, view, have
+    while have < HEADER.size:
+        have += _fill(view[have:])
+    n, kind, flags, method = HEADER.unpack_from(buf)
+    need = HEADER.size + n
+    if need > len(buf):
+        if n >= 1 << 16:
+            # A large payload is read into its own buffer, not copied twice.
+            payload = bytearray(n)
+            got = have - HEADER.size
+            payload[:got] = view[HEADER.size:have]
+            pv = memoryview(payload)
+            while got < n:
+                got += _fill(pv[got:])
+            have = 0
+            return kind, flags, method, payload
+        grown = bytearray(need)
+        grown[:have] = view[:have]
+        buf, view = grown, memoryview(grown)
+    while have < need:
+        have += _fill(view[have:])
+    payload = bytes(view[HEADER.size:need])
+    rest = have - need
+    if rest:
+        buf[:rest] = view[need:have]
+    have = rest
+    return kind, flags, method, payload
+
+
+def send(kind, payload=b"", method=0):
+    head = HEADER.pack(len(payload), kind, 0, method)
+    if len(payload) < 4096:
+        _sendall(head + payload)
+    else:
+        _sendall(head)
+        _sendall(payload)
+
+
+def _sendall(data):
+    v = memoryview(data)
+    while v:
+        try:
+            v = v[sock.send(v):]
+        except BlockingIOError:
+            _select([], [sock], [])
+
+
+# Cancellation: the host writes the number of the call to cancel to fd 4,
+# then sends SIGUSR1. The handler raises only inside plugin code, and only
+# for the call running now; a cancel that arrives late finds another
+# number and is dropped.
+calls = 0  # the number of the call running or last run
+in_plugin = False
+cancel_pending = False
+CANCEL_FD = 4
+os.set_blocking(CANCEL_FD, False)
+
+
+class CallCancelled(BaseException):
+    """Raised into a call whose Go context ended (a BaseException, so that
+    ``except Exception`` in a plugin does not swallow it)."""
+
+
+def _on_cancel(signum, frame):
+    global cancel_pending
+    try:
+        data = os.read(CANCEL_FD, 4096)
+    except BlockingIOError:
+        return
+    for (n,) in struct.iter_unpack("<Q", data[: len(data) // 8 * 8]):
+        if n == calls:
+            cancel_pending = True
+    if cancel_pending and in_plugin:
+        raise CallCancelled("the call's context ended")
+
+
+signal.signal(signal.SIGUSR1, _on_cancel)
+
+
+class plugin_code:
+    """Marks plugin code, where a cancellation may raise."""
+
+    def __enter__(self):
+        global in_plugin
+        in_plugin = True
+        if cancel_pending:
+            in_plugin = False
+            raise CallCancelled("the call's context ended")
+
+    def __exit__(self, *exc):
+        global in_plugin
+        in_plugin = False
+
+
+class protocol:
+    """Marks the worker's own I/O inside plugin code (a host function, a
+    fed item): a cancellation waits until it is done."""
+
+    def __enter__(self):
+        global in_plugin
+        self.was = in_plugin
+        in_plugin = False
+
+    def __exit__(self, *exc):
+        global in_plugin
+        in_plugin = self.was
+        if self.was and cancel_pending and exc[0] is None:
+            raise CallCancelled("the call's context ended")
+
+
+# Values: the library's value table (its package documentation), in the
+# order the in-process encoder tries the rows.
+strict = False
+host = None  # the host helpers (the library's host.py), set by LOAD
+
+
+class Unencodable(Exception):
+    pass
+
+
+def _key(k):
+    return str.__str__(k) if isinstance(k, str) else str(k)
+
+
+def _plain(o, path):
+    t = type(o)
+    if o is None or o is True or o is False or t is str or t is int:
+        return o
+    if isinstance(o, str):
+        return str.__str__(o)
+    if isinstance(o, int):
+        return int(o) if not isinstance(o, bool) else bool(o)
+    if isinstance(o, float):
+        if o != o or o in (float("inf"), float("-inf")):
+            raise ValueError(f"float {o!r} cannot be represented in JSON")
+        return float(o)
+    if isinstance(o, (list, tuple)):
+        _enter(o, path)
+        out = [_plain(x, path) for x in list(o)]
+        path.pop()
+        return out
+    if isinstance(o, dict):
+        _enter(o, path)
+        out = {}
+        seen = None
+        for k, v in list(o.items()):
+            if isinstance(k, str) and seen is None:
+                out[str.__str__(k)] = _plain(v, path)
+                continue
+            if seen is None:
+                seen = {kk: kk for kk in out}
+            text = _key(k)
+            prev = seen.setdefault(text, k)
+            if prev is not k:
+                raise ValueError(f"keys {prev!r} and {k!r} of a dict are both the JSON key {text!r}")
+            out[text] = _plain(v, path)
+        path.pop()
+        return out
+    if isinstance(o, (bytes, bytearray)):
+        return list(o)
+    if not isinstance(o, type) and hasattr(type(o), "__dataclass_fields__"):
+        _enter(o, path)
+        out = {}
+        for name in host.field_names(o):
+            if not isinstance(name, str):
+                raise TypeError(f"dataclass {t.__name__} has a field whose name is not a str: {name!r}")
+            out[name] = _plain(getattr(o, name), path)
+        path.pop()
+        return out
+    return _other(o, path)
+
+
+def _enter(o, path):
+    if len(path) >= MAX_DEPTH:
+        if any(p is o for p in path):
+            raise ValueError(f"the {type(o).__name__} contains itself, which JSON cannot represent")
+        raise ValueError(f"value nests deeper than {MAX_DEPTH} levels")
+    path.append(o)
+
+
+def _other(o, path):
+    t = type(o)
+    if hasattr(t, "__next__") or isinstance(o, host.Generator):
+        raise TypeError(
+            f"{t.__name__} is an iterator: a method that yields results streams them; "
+            "declare it Streaming and call it with CallStream"
+        )
+    if hasattr(o, "__await__") or isinstance(o, host.AsyncGenerator):
+        raise TypeError(f"{t.__name__} is awaitable: async methods are not supported")
+    v = _as_json_value(o)
+    if v is not NotImplemented:
+        _enter(o, path)
+        out = _plain(v, path)
+        path.pop()
+        return out
+    if strict:
+        raise TypeError(f"{t.__name__} has no JSON form (strict values are on, so it is not sent as its str())")
+    return str.__str__(str(o))
+
+
+def _as_json_value(o):
+    t = type(o)
+    try:
+        tolist = o.tolist
+    except AttributeError:
+        pass
+    else:
+        try:
+            v = tolist() if callable(tolist) else None
+        except TypeError:
+            v = None
+        if v is not o and isinstance(v, (list, int, float, str)):
+            return v
+    if hasattr(t, "__index__"):
+        try:
+            return t.__index__(o)
+        except TypeError:
+            pass
+    if hasattr(t, "__float__"):
+        try:
+            return float(o)
+        except TypeError:
+            pass
+    if isinstance(o, (set, frozenset)):
+        return list(o)
+    if isinstance(o, host.Mapping):
+        return dict(o)
+    return NotImplemented
+
+
+def encode(o):
+    if o is None:
+        return b"null"
+    v = _plain(o, [])
+    try:
+        return _dumps(v).encode()
+    except UnicodeEncodeError:  # a lone surrogate: escaped, as the in-process encoder does
+        return _dumps_ascii(v).encode()
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False).encode
+_dumps_ascii = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"), check_circular=False).encode
+
+
+def _why(prefix, exc):
+    text = f"{prefix}: {type(exc).__name__}"
+    try:
+        s = str(exc)
+    except BaseException:
+        s = ""
+    return (text + ": " + s if s else text).encode("utf-8", "backslashreplace")
+
+
+def decode_args(payload):
+    if not payload:
+        return ()
+    a = json.loads(payload)
+    if type(a) is list:
+        return a
+    if a is None:
+        return ()
+    return (a,)
+
+
+def describe(exc):
+    code, message, details = host.describe(exc, True)
+    try:
+        d = encode(details)
+    except BaseException:
+        d = b"null"
+    return b"".join([struct.pack("<II", len(code), len(message)), code, message, d])
+
+
+# Host functions and fed input streams talk to the host in the middle of a
+# call, through the same socket.
+class _HostModule:
+    @staticmethod
+    def call(name, function, args):
+        with protocol():
+            send(HOSTCALL, encode([name, function, list(args)]))
+            kind, _, _, payload = recv()
+        if kind == HOST_OK:
+            return True, json.loads(payload)
+        err = json.loads(payload)
+        return False, (err.get("code"), err.get("message"), err.get("details"))
+
+
+class HostStream:
+    """The host-fed input stream of a client or bidirectional stream."""
+
+    def __init__(self):
+        self.done = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.done:
+            raise StopIteration
+        with protocol():
+            send(PULL)
+            kind, _, _, payload = recv()
+        if kind == FEED:
+            return json.loads(payload)
+        self.done = True
+        if kind == FEED_END:
+            raise StopIteration
+        raise host.HostStreamError(payload.decode("utf-8", "replace"))
+
+
+owner = None  # the module, or the configured instance
+methods = []
+
+
+def load(payload):
+    global owner, methods, strict, host
+    spec = json.loads(payload)
+    strict = spec["strict"]
+    ns = {"__name__": "_fidius_host_helpers"}
+    exec(compile(spec["helpers"], "<fidius-go>/host.py", "exec"), ns)
+    host = type(sys)("_fidius_host_helpers")
+    host.__dict__.update(ns)
+    import collections.abc
+    import types
+
+    host.Generator, host.AsyncGenerator = types.GeneratorType, types.AsyncGeneratorType
+    sys.meta_path.append(host._EmbeddedSDK({k: tuple(v) for k, v in spec["sdk"].items()}))
+    sys.modules["_fidius_host"] = _HostModule
+    directory = spec["dir"]
+    for p in (directory, os.path.join(directory, "vendor")):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    entry = spec["entry"]
+    import importlib
+
+    def fail(**what):
+        send(LOAD_ERR, json.dumps(what).encode())
+
+    def fail_exc(exc, func=""):
+        code, message, details = host.describe(exc, False)
+        fail(
+            e="import",
+            func=func,
+            type=code.decode("utf-8", "replace"),
+            message=message.decode("utf-8", "replace"),
+            traceback=details["traceback"],
+        )
+
+    try:
+        with plugin_code():
+            mod = importlib.import_module(entry)
+    except BaseException as exc:
+        return fail_exc(exc)
+    if not hasattr(mod, "__interface_hash__"):
+        return fail(e="no_hash")
+    h = mod.__interface_hash__
+    if not isinstance(h, int):
+        return fail(e="bad_hash", what="it is a " + type(h).__name__)
+    if not 0 <= h < 1 << 64:
+        return fail(e="bad_hash", what=repr(h))
+    if h != spec["hash"]:
+        return fail(e="hash", got=h)
+    imports = None
+    if hasattr(mod, "__fidius_host_imports__"):
+        try:
+            imports = encode(mod.__fidius_host_imports__).decode()
+        except BaseException as exc:
+            return fail(e="host_imports", why=f"{type(exc).__name__}: {exc}")
+    owner = mod
+    if spec["config"] is not None:
+        fn = getattr(mod, "__fidius_configure__", None)
+        if fn is None:
+            return fail(e="no_configure")
+        try:
+            with plugin_code():
+                owner = fn(json.loads(spec["config"]))
+        except BaseException as exc:
+            return fail_exc(exc, "__fidius_configure__")
+    methods = []
+    present = []
+    for name, optional in spec["methods"]:
+        fn = getattr(owner, name, None)
+        if fn is None and not hasattr(owner, name) and optional:
+            methods.append(None)
+            present.append(False)
+            continue
+        if fn is None and not hasattr(owner, name):
+            return fail(e="not_defined", method=name)
+        if not callable(fn):
+            return fail(e="not_callable", method=name, type=type(fn).__name__)
+        methods.append(fn)
+        present.append(True)
+    send(READY, json.dumps({"present": present, "imports": imports, "pid": os.getpid()}).encode())
+
+
+memory_limited = False
+EXIT_MEMORY = 75
+
+
+def out_of_memory(exc):
+    """Under the host's memory limit, a MemoryError ends the worker: its
+    state is whatever the failed allocation left, and the host replaces it."""
+    if memory_limited and isinstance(exc, MemoryError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_MEMORY)
+
+
+def call(kind, m, payload):
+    """Run one unary call and send its answer."""
+    global calls, cancel_pending
+    calls += 1
+    cancel_pending = False
+    fn = methods[m]
+    feed = None
+    try:
+        if kind == RAW:
+            arg = bytes(payload)
+        else:
+            args = decode_args(payload)
+            if kind == CLIENT:
+                feed = HostStream()
+                args = (feed, *args)
+    except (ValueError, RecursionError) as exc:
+        return send(INPUT_ERR, _why("input is not valid JSON", exc))
+    try:
+        with plugin_code():
+            res = fn(arg) if kind == RAW else fn(*args)
+    except CallCancelled:
+        return send(CANCELLED)
+    except BaseException as exc:
+        out_of_memory(exc)
+        return send(PLUGIN_ERR, describe(exc))
+    finally:
+        if feed is not None:
+            feed.done = True
+    if kind == RAW:
+        if isinstance(res, bytes):
+            return send(OK, res)
+        try:
+            out = memoryview(res).tobytes()
+        except TypeError:
+            return send(
+                OUTPUT_ERR,
+                (
+                    "raw method must return bytes or another object with the buffer protocol "
+                    f"(bytearray, memoryview, a numpy array), not {type(res).__name__}"
+                ).encode(),
+            )
+        return send(OK, out)
+    try:
+        out = encode(res)
+    except BaseException as exc:
+        return send(OUTPUT_ERR, _why("return value cannot be encoded as JSON", exc))
+    send(OK, out)
+
+
+def stream(m, flags, payload):
+    """Run a streaming call: its items go out one per NEXT, until the end,
+    an error or STOP."""
+    global calls, cancel_pending
+    calls += 1
+    cancel_pending = False
+    fn = methods[m]
+    feed = HostStream() if flags else None
+    try:
+        args = decode_args(payload)
+    except (ValueError, RecursionError) as exc:
+        return send(INPUT_ERR, _why("input is not valid JSON", exc))
+    if feed is not None:
+        args = (feed, *args)
+    it = None
+    try:
+        with plugin_code():
+            res = fn(*args)
+            try:
+                it = iter(res)
+            except TypeError:
+                if not hasattr(type(res), "__iter__"):
+                    it = None
+                    send(
+                        OUTPUT_ERR,
+                        f"streaming method must return an iterable, not {type(res).__name__}".encode(),
+                    )
+                    return
+                raise
+    except CallCancelled:
+        return send(CANCELLED)
+    except BaseException as exc:
+        out_of_memory(exc)
+        return send(PLUGIN_ERR, describe(exc))
+    send(OK)
+    try:
+        while True:
+            kind, _, _, _ = recv()
+            if kind == STOP:
+                break
+            try:
+                with plugin_code():
+                    item = next(it)
+            except StopIteration:
+                send(END)
+                it = None
+                return
+            except CallCancelled:
+                send(CANCELLED)
+                return
+            except BaseException as exc:
+                out_of_memory(exc)
+                send(PLUGIN_ERR, describe(exc))
+                return
+            try:
+                out = encode(item)
+            except BaseException as exc:
+                send(OUTPUT_ERR, _why("return value cannot be encoded as JSON", exc))
+                return
+            send(ITEM, out)
+    finally:
+        if it is not None:
+            close = getattr(it, "close", None)
+            if close is not None:
+                try:
+                    with plugin_code():
+                        close()
+                except BaseException:
+                    pass
+        if feed is not None:
+            feed.done = True
+    send(DONE)
+
+
+def main():
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_DEPTH))
+    global memory_limited
+    limit = int(os.environ.pop("FIDIUS_WORKER_MEMORY", "0") or 0)
+    if limit > 0:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        memory_limited = True
+    kind, _, _, payload = recv()
+    if kind != LOAD:
+        return
+    load(payload)
+    while True:
+        kind, flags, m, payload = recv()
+        if kind in (CALL, RAW, CLIENT):
+            call(kind, m, payload)
+        elif kind == STREAM:
+            stream(m, flags, payload)
+        elif kind == STOP:
+            send(DONE)  # a stream that had already ended
+
+
+try:
+    main()
+except Lost:
+    pass
+finally:
+    sys.stdout.flush()
+    sys.stderr.flush()
+os._exit(0)

@@ -1,0 +1,443 @@
+// This file owns one worker process: starting a Python child that runs
+// the embedded python/worker.py, the frames exchanged with it over a
+// socketpair (docs/workers.md), its output sent to the logger, and its
+// end: reaped as soon as it exits, its exit described for the call that
+// saw it.
+
+package fidius
+
+import (
+	"bufio"
+	_ "embed"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+//go:embed python/worker.py
+var workerSource string
+
+// Frame kinds, as python/worker.py numbers them.
+const (
+	fLoad byte = iota + 1
+	fCall
+	fRaw
+	fStream
+	fNext
+	fStop
+	fFeed
+	fFeedEnd
+	fFeedErr
+	fHostOK
+	fHostErr
+	fClient
+)
+
+const (
+	fOK byte = iota + 20
+	fPluginErr
+	fLoadErr
+	fOutputErr
+	fInputErr
+	fItem
+	fEnd
+	fPull
+	fHostCall
+	fCancelled
+	fReady
+	fDone
+)
+
+const (
+	frameHeader = 8 // payload length u32, kind u8, flags u8, method u16; little-endian
+	// spinFor is how long a read polls the socket before it blocks: a
+	// blocked reader's wake-up costs tens of microseconds, more than most
+	// calls take.
+	spinFor = 50 * time.Microsecond
+	// smallFrame is the size below which a frame goes out in one write.
+	smallFrame = 64 << 10
+	// exitMemory is the worker's exit status after a MemoryError under its
+	// memory limit (python/worker.py).
+	exitMemory = 75
+)
+
+// worker is one process. Its conversation is used by one call at a time:
+// the pool hands a worker to a call and takes it back when the call's
+// last frame is read.
+type worker struct {
+	pid    int
+	fd     int      // our end of the socketpair; blocking
+	cancel *os.File // where the number of a call to cancel is written
+	calls  uint64   // calls started, as the worker counts them
+	rbuf   []byte   // read ahead
+	r0, r1 int
+	wbuf   []byte
+
+	exited chan struct{} // closed once the process is reaped
+	state  *os.ProcessState
+	output sync.WaitGroup // the goroutines copying stdout and stderr
+
+	mu     sync.Mutex
+	reason string // why the library ended the process, if it did
+	broken bool   // out of step with the process, or the process is gone
+
+	ready workerReady
+}
+
+// workerReady is what a worker reports once the plugin is loaded.
+type workerReady struct {
+	Present []bool  `json:"present"`
+	Imports *string `json:"imports"` // __fidius_host_imports__ as JSON text, or null
+	Pid     int     `json:"pid"`
+}
+
+// workerLoad is the LOAD frame: what the worker needs to load the plugin
+// as the in-process loader would.
+type workerLoad struct {
+	Dir     string            `json:"dir"`
+	Entry   string            `json:"entry"`
+	Hash    uint64            `json:"hash"`
+	Methods [][2]any          `json:"methods"` // name, optional
+	Config  *string           `json:"config"`  // JSON text, or null
+	Strict  bool              `json:"strict"`
+	Helpers string            `json:"helpers"`
+	SDK     map[string][2]any `json:"sdk"`
+	Pycache string            `json:"pycache"`
+}
+
+// WorkerCrashError is the error of a call whose worker process ended
+// before answering: it crashed, called os._exit, ran out of its memory
+// limit, or was killed by the library (a call that did not stop after
+// its context ended). It matches ErrWorkerCrashed. The worker is replaced;
+// other calls and later calls are not affected.
+type WorkerCrashError struct {
+	// Pid is the worker's process id.
+	Pid int
+	// ExitCode is the process's exit status, or -1 if a signal ended it.
+	ExitCode int
+	// Signal is the signal that ended the process, or 0.
+	Signal syscall.Signal
+	// Reason says why the process ended when the library knows: the
+	// library killed it, or it exceeded its memory limit.
+	Reason string
+}
+
+// Error names the process and how it ended.
+func (e *WorkerCrashError) Error() string {
+	how := fmt.Sprintf("exited with status %d", e.ExitCode)
+	if e.Signal != 0 {
+		how = fmt.Sprintf("was killed by signal %d (%s)", int(e.Signal), e.Signal)
+	}
+	s := fmt.Sprintf("%s: worker process %d %s", ErrWorkerCrashed, e.Pid, how)
+	if e.Reason != "" {
+		s += ": " + e.Reason
+	}
+	return s
+}
+
+// Unwrap returns ErrWorkerCrashed.
+func (e *WorkerCrashError) Unwrap() error { return ErrWorkerCrashed }
+
+// workerConfig is what every worker of a plugin is started with.
+type workerConfig struct {
+	python string
+	memory int64 // RLIMIT_AS in bytes, or 0
+}
+
+// startWorker starts a process and loads the plugin in it. The error is
+// the load's, as the in-process loader would report it.
+func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%w: starting a worker: socketpair: %v", ErrWorkerCrashed, err)
+	}
+	child := os.NewFile(uintptr(fds[1]), "fidius-worker-socket")
+	cancelR, cancelW, err := os.Pipe()
+	if err != nil {
+		child.Close()
+		syscall.Close(fds[0])
+		return nil, fmt.Errorf("%w: starting a worker: %v", ErrWorkerCrashed, err)
+	}
+	outR, outW, _ := os.Pipe()
+	errR, errW, _ := os.Pipe()
+	args := []string{"-I"}
+	if os.Getenv("PYTHONDONTWRITEBYTECODE") != "" {
+		args = append(args, "-B") // -I ignores the variable itself
+	}
+	cmd := exec.Command(cfg.python, append(args, "-c", workerSource)...)
+	cmd.Dir = p.dir
+	cmd.Env = os.Environ()
+	if cfg.memory > 0 {
+		cmd.Env = append(cmd.Env, "FIDIUS_WORKER_MEMORY="+strconv.FormatInt(cfg.memory, 10))
+	}
+	cmd.ExtraFiles = []*os.File{child, cancelR}
+	cmd.Stdout, cmd.Stderr = outW, errW
+	// A process group of its own: a terminal's Ctrl-C goes to the host,
+	// which decides what its workers do.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	err = cmd.Start()
+	for _, f := range []*os.File{child, cancelR, outW, errW} {
+		f.Close()
+	}
+	if err != nil {
+		syscall.Close(fds[0])
+		cancelW.Close()
+		outR.Close()
+		errR.Close()
+		return nil, fmt.Errorf("%w: starting worker %s: %v", ErrWorkerCrashed, cfg.python, err)
+	}
+	w := &worker{pid: cmd.Process.Pid, fd: fds[0], cancel: cancelW, rbuf: make([]byte, 64<<10), exited: make(chan struct{})}
+	w.output.Add(2)
+	go w.log(p.logger, outR, "stdout")
+	go w.log(p.logger, errR, "stderr")
+	go func() {
+		// Reaped as soon as it exits, whoever holds it: never a zombie.
+		cmd.Wait()
+		w.state = cmd.ProcessState
+		close(w.exited)
+	}()
+	if err := w.send(fLoad, 0, 0, load); err != nil {
+		return nil, w.lost(err)
+	}
+	f, payload, err := w.read(nil)
+	switch {
+	case err != nil:
+		return nil, w.lost(err)
+	case f.kind == fLoadErr:
+		w.stop()
+		return nil, p.workerLoadError(payload)
+	case f.kind != fReady:
+		return nil, w.lost(fmt.Errorf("unexpected frame %d", f.kind))
+	}
+	if err := json.Unmarshal(payload, &w.ready); err != nil {
+		return nil, w.lost(err)
+	}
+	return w, nil
+}
+
+// log sends the worker's stdout or stderr to the logger, a line at a
+// time.
+func (w *worker) log(l *zap.Logger, r io.ReadCloser, stream string) {
+	defer w.output.Done()
+	defer r.Close()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 4096), 1<<20)
+	for sc.Scan() {
+		if stream == "stderr" {
+			l.Warn(sc.Text(), zap.String("stream", stream), zap.Int("worker", w.pid))
+		} else {
+			l.Info(sc.Text(), zap.String("stream", stream), zap.Int("worker", w.pid))
+		}
+	}
+	io.Copy(io.Discard, r) // a line past the scanner's limit: keep the pipe drained
+}
+
+// frame is a frame's header.
+type frame struct {
+	kind   byte
+	flags  byte
+	method uint16
+}
+
+// send writes one frame.
+func (w *worker) send(kind, flags byte, method uint16, payload []byte) error {
+	var h [frameHeader]byte
+	binary.LittleEndian.PutUint32(h[:], uint32(len(payload)))
+	h[4], h[5] = kind, flags
+	binary.LittleEndian.PutUint16(h[6:], method)
+	if len(payload) < smallFrame {
+		w.wbuf = append(append(w.wbuf[:0], h[:]...), payload...)
+		return w.write(w.wbuf)
+	}
+	if err := w.write(h[:]); err != nil {
+		return err
+	}
+	return w.write(payload)
+}
+
+func (w *worker) write(p []byte) error {
+	for len(p) > 0 {
+		// MSG_NOSIGNAL: a worker that died is an error here, not SIGPIPE.
+		n, err := syscall.SendmsgN(w.fd, p, nil, nil, syscall.MSG_NOSIGNAL)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		p = p[n:]
+	}
+	return nil
+}
+
+// fill reads what the socket has into p, polling for spinFor before it
+// blocks.
+func (w *worker) fill(p []byte) (int, error) {
+	var end time.Time
+	for {
+		n, _, err := syscall.Recvfrom(w.fd, p, syscall.MSG_DONTWAIT)
+		if n > 0 {
+			return n, nil
+		}
+		if err == nil {
+			return 0, io.EOF
+		}
+		if err != syscall.EAGAIN && err != syscall.EINTR {
+			return 0, err
+		}
+		if end.IsZero() {
+			end = time.Now().Add(spinFor)
+		} else if time.Now().After(end) {
+			break
+		}
+	}
+	for {
+		n, err := syscall.Read(w.fd, p)
+		if err == syscall.EINTR {
+			continue
+		}
+		if n == 0 && err == nil {
+			return 0, io.EOF
+		}
+		return n, err
+	}
+}
+
+// read reads one frame, appending its payload to into.
+func (w *worker) read(into []byte) (frame, []byte, error) {
+	for w.r1-w.r0 < frameHeader {
+		if w.r0 > 0 {
+			w.r1 = copy(w.rbuf, w.rbuf[w.r0:w.r1])
+			w.r0 = 0
+		}
+		n, err := w.fill(w.rbuf[w.r1:])
+		if err != nil {
+			return frame{}, into, err
+		}
+		w.r1 += n
+	}
+	h := w.rbuf[w.r0 : w.r0+frameHeader]
+	n := int(binary.LittleEndian.Uint32(h))
+	f := frame{kind: h[4], flags: h[5], method: binary.LittleEndian.Uint16(h[6:])}
+	w.r0 += frameHeader
+	if n <= w.r1-w.r0 {
+		into = append(into, w.rbuf[w.r0:w.r0+n]...)
+		w.r0 += n
+		return f, into, nil
+	}
+	// Partly read ahead: the rest goes straight into its place.
+	have := w.r1 - w.r0
+	into = append(into, w.rbuf[w.r0:w.r1]...)
+	w.r0, w.r1 = 0, 0
+	start := len(into)
+	into = growTo(into, start+n-have)
+	for got := have; got < n; {
+		k, err := w.fill(into[start+got-have : start+n-have])
+		if err != nil {
+			return f, into[:start], err
+		}
+		got += k
+	}
+	return f, into, nil
+}
+
+// growTo returns b extended to length n, reallocating once if needed.
+func growTo(b []byte, n int) []byte {
+	if cap(b) >= n {
+		return b[:n]
+	}
+	return append(b[:cap(b)], make([]byte, n-cap(b))...)[:n]
+}
+
+// cancelCall asks the worker to raise CallCancelled into call number n, if
+// it is still running it.
+func (w *worker) cancelCall(n uint64) {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], n)
+	w.cancel.Write(b[:])
+	syscall.Kill(w.pid, syscall.SIGUSR1)
+}
+
+// kill ends the process, saying why.
+func (w *worker) kill(reason string) {
+	w.mu.Lock()
+	if w.reason == "" {
+		w.reason = reason
+	}
+	w.broken = true
+	w.mu.Unlock()
+	syscall.Kill(w.pid, syscall.SIGKILL)
+}
+
+// lost is the error of a conversation that failed (the socket closed or
+// broke): the process is ended if it is not already, reaped, and
+// described.
+func (w *worker) lost(cause error) error {
+	w.mu.Lock()
+	w.broken = true
+	w.mu.Unlock()
+	select {
+	case <-w.exited:
+	case <-time.After(2 * time.Second):
+		w.kill("it closed its end of the protocol but did not exit")
+		<-w.exited
+	}
+	w.close()
+	st := w.state
+	e := &WorkerCrashError{Pid: w.pid, ExitCode: st.ExitCode()}
+	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		e.Signal = ws.Signal()
+	}
+	w.mu.Lock()
+	e.Reason = w.reason
+	w.mu.Unlock()
+	if e.Reason == "" && e.ExitCode == exitMemory {
+		e.Reason = "the plugin ran out of memory (MemoryError under the worker's memory limit)"
+	}
+	if e.Reason == "" && cause != nil && !errors.Is(cause, io.EOF) {
+		e.Reason = cause.Error()
+	}
+	return e
+}
+
+// stop ends a worker that is not in a call: it exits when its socket
+// closes. It is killed if it has not exited within a second. stop
+// returns once the process is reaped.
+func (w *worker) stop() {
+	w.close()
+	select {
+	case <-w.exited:
+	case <-time.After(time.Second):
+		w.kill("it did not exit when its handle was closed")
+		<-w.exited
+	}
+	w.output.Wait()
+}
+
+// close releases our ends of the socket and the cancel pipe, once.
+func (w *worker) close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.fd >= 0 {
+		syscall.Close(w.fd)
+		w.fd = -1
+		w.cancel.Close()
+	}
+	w.broken = true
+}
+
+func (w *worker) isBroken() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.broken
+}
