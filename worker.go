@@ -16,7 +16,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -66,6 +68,8 @@ const (
 	spinFor = 50 * time.Microsecond
 	// smallFrame is the size below which a frame goes out in one write.
 	smallFrame = 64 << 10
+	// tailLines is how many lines of a worker's stderr a crash reports.
+	tailLines = 10
 	// exitMemory is the worker's exit status after a MemoryError under its
 	// memory limit (python/worker.py).
 	exitMemory = 75
@@ -88,8 +92,9 @@ type worker struct {
 	output sync.WaitGroup // the goroutines copying stdout and stderr
 
 	mu     sync.Mutex
-	reason string // why the library ended the process, if it did
-	broken bool   // out of step with the process, or the process is gone
+	tail   []string // the last lines of stderr
+	reason string   // why the library ended the process, if it did
+	broken bool     // out of step with the process, or the process is gone
 
 	ready workerReady
 }
@@ -104,7 +109,7 @@ type workerReady struct {
 // workerLoad is the LOAD frame: what the worker needs to load the plugin
 // as the in-process loader would.
 type workerLoad struct {
-	Dir     string            `json:"dir"`
+	Dir     []byte            `json:"dir"` // base64: a path need not be UTF-8
 	Entry   string            `json:"entry"`
 	Hash    uint64            `json:"hash"`
 	Methods [][2]any          `json:"methods"` // name, optional
@@ -113,6 +118,9 @@ type workerLoad struct {
 	Helpers string            `json:"helpers"`
 	SDK     map[string][2]any `json:"sdk"`
 	Pycache string            `json:"pycache"`
+	// NoBytecode is the embedded interpreter's sys.dont_write_bytecode
+	// (PYTHONDONTWRITEBYTECODE, which -I makes the worker ignore).
+	NoBytecode bool `json:"no_bytecode"`
 }
 
 // WorkerCrashError is the error of a call whose worker process ended
@@ -130,6 +138,9 @@ type WorkerCrashError struct {
 	// Reason says why the process ended when the library knows: the
 	// library killed it, or it exceeded its memory limit.
 	Reason string
+	// Stderr is the last lines the process wrote to stderr (a Python
+	// traceback, a fatal error), which also went to the logger.
+	Stderr string
 }
 
 // Error names the process and how it ended.
@@ -141,6 +152,9 @@ func (e *WorkerCrashError) Error() string {
 	s := fmt.Sprintf("%s: worker process %d %s", ErrWorkerCrashed, e.Pid, how)
 	if e.Reason != "" {
 		s += ": " + e.Reason
+	}
+	if e.Stderr != "" {
+		s += "; its stderr ended with:\n" + e.Stderr
 	}
 	return s
 }
@@ -170,11 +184,7 @@ func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 	}
 	outR, outW, _ := os.Pipe()
 	errR, errW, _ := os.Pipe()
-	args := []string{"-I"}
-	if os.Getenv("PYTHONDONTWRITEBYTECODE") != "" {
-		args = append(args, "-B") // -I ignores the variable itself
-	}
-	cmd := exec.Command(cfg.python, append(args, "-c", workerSource)...)
+	cmd := exec.Command(cfg.python, "-I", "-c", workerSource)
 	cmd.Dir = p.dir
 	cmd.Env = os.Environ()
 	if cfg.memory > 0 {
@@ -183,9 +193,10 @@ func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 	cmd.ExtraFiles = []*os.File{child, cancelR}
 	cmd.Stdout, cmd.Stderr = outW, errW
 	// A process group of its own: a terminal's Ctrl-C goes to the host,
-	// which decides what its workers do.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	err = cmd.Start()
+	// which decides what its workers do. Killed when the host dies, even
+	// in the middle of a call that never reads its socket again.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	spawn(func() { err = cmd.Start() })
 	for _, f := range []*os.File{child, cancelR, outW, errW} {
 		f.Close()
 	}
@@ -225,6 +236,31 @@ func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 	return w, nil
 }
 
+// spawns runs every worker's fork on one OS thread that never exits: the
+// parent-death signal fires when the thread that forked the child ends,
+// not the process, and the Go runtime may end other threads.
+var (
+	spawns    = make(chan func())
+	spawnOnce sync.Once
+)
+
+func spawn(f func()) {
+	spawnOnce.Do(func() {
+		go func() {
+			runtime.LockOSThread() // for good: the thread ends with the process
+			for f := range spawns {
+				f()
+			}
+		}()
+	})
+	done := make(chan struct{})
+	spawns <- func() {
+		f()
+		close(done)
+	}
+	<-done
+}
+
 // log sends the worker's stdout or stderr to the logger, a line at a
 // time.
 func (w *worker) log(l *zap.Logger, r io.ReadCloser, stream string) {
@@ -235,6 +271,12 @@ func (w *worker) log(l *zap.Logger, r io.ReadCloser, stream string) {
 	for sc.Scan() {
 		if stream == "stderr" {
 			l.Warn(sc.Text(), zap.String("stream", stream), zap.Int("worker", w.pid))
+			w.mu.Lock()
+			if len(w.tail) == tailLines {
+				w.tail = w.tail[1:]
+			}
+			w.tail = append(w.tail, sc.Text())
+			w.mu.Unlock()
 		} else {
 			l.Info(sc.Text(), zap.String("stream", stream), zap.Int("worker", w.pid))
 		}
@@ -393,6 +435,17 @@ func (w *worker) lost(cause error) error {
 		<-w.exited
 	}
 	w.close()
+	// The last lines of stderr, once the pipe is drained; a grandchild
+	// that keeps it open is not waited for.
+	drained := make(chan struct{})
+	go func() {
+		w.output.Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(100 * time.Millisecond):
+	}
 	st := w.state
 	e := &WorkerCrashError{Pid: w.pid, ExitCode: st.ExitCode()}
 	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -400,6 +453,7 @@ func (w *worker) lost(cause error) error {
 	}
 	w.mu.Lock()
 	e.Reason = w.reason
+	e.Stderr = strings.Join(w.tail, "\n")
 	w.mu.Unlock()
 	if e.Reason == "" && e.ExitCode == exitMemory {
 		e.Reason = "the plugin ran out of memory (MemoryError under the worker's memory limit)"

@@ -6,6 +6,11 @@
 
 package fidius
 
+/*
+#include "fidius.h"
+*/
+import "C"
+
 import (
 	"context"
 	"encoding/binary"
@@ -14,6 +19,7 @@ import (
 	"fmt"
 	"io/fs"
 	"iter"
+	"os"
 	"path"
 	"runtime"
 	"strings"
@@ -102,13 +108,21 @@ func (wp *workerPool) binding() (binding, error) {
 
 // loadFrame is the payload of the LOAD frame for p.
 func (p *plugin) loadFrame() ([]byte, error) {
-	l := workerLoad{Dir: p.dir, Entry: p.entry, Hash: p.desc.InterfaceHash, Strict: p.strict, Helpers: hostSource, Pycache: pycacheDir()}
+	l := workerLoad{Dir: []byte(p.dir), Entry: p.entry, Hash: p.desc.InterfaceHash, Strict: p.strict, Helpers: hostSource, Pycache: pycacheDir()}
 	for _, m := range p.desc.Methods {
 		l.Methods = append(l.Methods, [2]any{m.Name, m.Optional})
 	}
 	if p.config != nil {
 		c := string(p.config)
 		l.Config = &c
+	}
+	l.NoBytecode = os.Getenv("PYTHONDONTWRITEBYTECODE") != ""
+	if shared != nil {
+		shared.withGIL(func() {
+			if o := sysGet("dont_write_bytecode"); o != nil {
+				l.NoBytecode = C.PyObject_IsTrue(toC(o)) == 1
+			}
+		})
 	}
 	var err error
 	if l.SDK, err = sdkSourceMap(); err != nil {
@@ -436,11 +450,7 @@ func (c *conv) pull() byte {
 		c.item = item
 		return fFeedErr
 	}
-	if !json.Valid(item) {
-		c.item = []byte("an item of the host's input stream is not valid JSON")
-		return fFeedErr
-	}
-	c.item = item
+	c.item = item // checked by the worker, which knows its count
 	return fFeed
 }
 
@@ -665,11 +675,6 @@ func checkInput(m *MethodDesc, input []byte) error {
 	if len(input) == 0 {
 		return nil
 	}
-	if !json.Valid(input) {
-		var v any
-		err := json.Unmarshal(input, &v)
-		return fmt.Errorf("%w for method %q: %v", ErrInputDecode, m.Name, err)
-	}
 	depth, deepest := 0, 0
 	inString, escaped := false, false
 	for _, b := range input {
@@ -694,6 +699,16 @@ func checkInput(m *MethodDesc, input []byte) error {
 	}
 	if deepest > maxDepth {
 		return fmt.Errorf("%w for method %q: JSON nests deeper than %d levels", ErrInputDecode, m.Name, maxDepth)
+	}
+	if !json.Valid(input) {
+		var v any
+		err := json.Unmarshal(input, &v)
+		var syn *json.SyntaxError
+		if errors.As(err, &syn) {
+			// Offset counts the bytes read, the bad one included.
+			return fmt.Errorf("%w for method %q: offset %d: %v", ErrInputDecode, m.Name, syn.Offset-1, err)
+		}
+		return fmt.Errorf("%w for method %q: %v", ErrInputDecode, m.Name, err)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@
 # library as `python -I -c <this source>`; it needs only the standard
 # library. Its stdout and stderr are the host's logger, never the protocol.
 
+import binascii
 import json
 import os
 import select
@@ -329,11 +330,23 @@ def describe(exc):
     return b"".join([struct.pack("<II", len(code), len(message)), code, message, d])
 
 
+import threading  # noqa: E402
+
+_get_ident = threading.get_ident
+_main_thread = _get_ident()
+
 # Host functions and fed input streams talk to the host in the middle of a
 # call, through the same socket.
 class _HostModule:
     @staticmethod
     def call(name, function, args):
+        if _get_ident() != _main_thread or not in_plugin:
+            return False, (
+                "HOST_UNBOUND",
+                "no host interface is bound here: host functions work while a method of a plugin "
+                "loaded with host interfaces runs, on the thread running it",
+                None,
+            )
         with protocol():
             send(HOSTCALL, encode([name, function, list(args)]))
             kind, _, _, payload = recv()
@@ -348,6 +361,8 @@ class HostStream:
 
     def __init__(self):
         self.done = False
+        self.busy = False
+        self.count = 0
 
     def __iter__(self):
         return self
@@ -355,11 +370,28 @@ class HostStream:
     def __next__(self):
         if self.done:
             raise StopIteration
+        if self.busy or _get_ident() != _main_thread:
+            # Only the call reads its input: a plugin thread would
+            # interleave its frames with the call's.
+            raise RuntimeError("the host's input stream can only be read by the thread running the call")
+        self.busy = True
+        try:
+            return self._next()
+        finally:
+            self.busy = False
+
+    def _next(self):
         with protocol():
             send(PULL)
             kind, _, _, payload = recv()
         if kind == FEED:
-            return json.loads(payload)
+            self.count += 1
+            try:
+                return json.loads(payload)
+            except ValueError as exc:
+                raise host.HostStreamError(
+                    f"item {self.count} of the host's input stream is not valid JSON: {exc}"
+                ) from None
         self.done = True
         if kind == FEED_END:
             raise StopIteration
@@ -384,7 +416,10 @@ def load(payload):
     host.Generator, host.AsyncGenerator = types.GeneratorType, types.AsyncGeneratorType
     sys.meta_path.append(host._EmbeddedSDK({k: tuple(v) for k, v in spec["sdk"].items()}))
     sys.modules["_fidius_host"] = _HostModule
-    directory = spec["dir"]
+    directory = os.fsdecode(binascii.a2b_base64(spec["dir"]))
+    sys.dont_write_bytecode = spec["no_bytecode"]
+    if sys.pycache_prefix is None and spec["pycache"]:
+        sys.pycache_prefix = spec["pycache"]
     for p in (directory, os.path.join(directory, "vendor")):
         if p not in sys.path:
             sys.path.insert(0, p)
@@ -436,7 +471,7 @@ def load(payload):
             return fail_exc(exc, "__fidius_configure__")
     methods = []
     present = []
-    for name, optional in spec["methods"]:
+    for name, optional in spec["methods"] or ():
         fn = getattr(owner, name, None)
         if fn is None and not hasattr(owner, name) and optional:
             methods.append(None)
@@ -534,7 +569,7 @@ def stream(m, flags, payload):
             try:
                 it = iter(res)
             except TypeError:
-                if not hasattr(type(res), "__iter__"):
+                if getattr(type(res), "__iter__", None) is None:
                     it = None
                     send(
                         OUTPUT_ERR,
