@@ -456,6 +456,7 @@ func TestTracingWorksAfterCancelledCalls(t *testing.T) {
 }
 
 func TestCancelStormsLeaveNoLockHeld(t *testing.T) {
+	inProcessOnly(t, "a worker raises the cancellation wherever the call is, the standard library and vendor/ included, and kills a worker that does not stop")
 	// Deadlines spread over 1-20 ms from three goroutines, against loops
 	// in the standard library's logging and import machinery and in
 	// vendored code that holds a lock between acquire() and try.
@@ -500,6 +501,7 @@ func TestPluginsThatSwallowCancellationAreStopped(t *testing.T) {
 }
 
 func TestCancelledCallRunsItsFinally(t *testing.T) {
+	inProcessOnly(t, "the test reads a call's progress from other calls while it runs, and a worker runs one call at a time (TestWorkerCancelledCallRunsItsFinally)")
 	h := stormPlugin(t)
 	// Cancelled once it runs: a call cancelled while it waits for the GIL
 	// never starts, and has no finally to run.

@@ -166,6 +166,7 @@ func feedCount() int {
 // A client stream whose caller gives up while waiting for a thread leaves
 // nothing registered behind.
 func TestClientStreamGivenUpAtTheGate(t *testing.T) {
+	inProcessOnly(t, "SetThreadLimit bounds threads inside this process's Python")
 	h := clientStreamPlugin(t)
 	prev := SetThreadLimit(1)
 	defer SetThreadLimit(prev)

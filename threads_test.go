@@ -130,6 +130,7 @@ func TestTenThousandConcurrentCallers(t *testing.T) {
 }
 
 func TestThreadLimit(t *testing.T) {
+	inProcessOnly(t, "SetThreadLimit bounds threads inside this process's Python")
 	h := signalPlugin(t)
 	old := SetThreadLimit(1)
 	defer SetThreadLimit(old)
@@ -167,6 +168,7 @@ func TestThreadLimit(t *testing.T) {
 }
 
 func TestSignalSignalIsRefused(t *testing.T) {
+	inProcessOnly(t, "a worker's plugin runs on the worker's main thread, in a process of its own, and may install signal handlers there")
 	// Python's signal.signal works only on the thread that started
 	// Python; a call that ran there replaced Go's handler for the signal.
 	if !inChild(t) {

@@ -75,9 +75,8 @@ const (
 	exitMemory = 75
 )
 
-// worker is one process. Its conversation is used by one call at a time:
-// the pool hands a worker to a call and takes it back when the call's
-// last frame is read.
+// worker is one process. One exchange at a time talks to it: its pool
+// hands it out and takes it back (workerpool.go).
 type worker struct {
 	pid    int
 	fd     int      // our end of the socketpair; blocking
@@ -97,6 +96,23 @@ type worker struct {
 	broken bool     // out of step with the process, or the process is gone
 
 	ready workerReady
+
+	crashOnce sync.Once
+	crashErr  error
+	cause     error // the first failure seen on the socket
+
+	// Under pool.mu:
+	pool    *workerPool
+	held    bool    // an exchange has it
+	gone    bool    // ended, or being stopped: never handed out again
+	streams int     // streams open in it
+	lent    []*conv // exchanges waiting for Go, innermost last
+}
+
+// lentTo reports whether c's is the innermost exchange waiting for Go.
+// pool.mu held.
+func (w *worker) lentTo(c *conv) bool {
+	return len(w.lent) > 0 && w.lent[len(w.lent)-1] == c
 }
 
 // workerReady is what a worker reports once the plugin is loaded.
@@ -215,6 +231,9 @@ func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 		// Reaped as soon as it exits, whoever holds it: never a zombie.
 		cmd.Wait()
 		w.state = cmd.ProcessState
+		w.mu.Lock()
+		w.broken = true
+		w.mu.Unlock()
 		close(w.exited)
 	}()
 	if err := w.send(fLoad, 0, 0, load); err != nil {
@@ -421,47 +440,60 @@ func (w *worker) kill(reason string) {
 	syscall.Kill(w.pid, syscall.SIGKILL)
 }
 
-// lost is the error of a conversation that failed (the socket closed or
-// broke): the process is ended if it is not already, reaped, and
-// described.
+// lost is the error of an exchange that failed (the socket closed or
+// broke): the process is ended if it is not already, and described.
 func (w *worker) lost(cause error) error {
 	w.mu.Lock()
 	w.broken = true
+	if w.cause == nil {
+		w.cause = cause
+	}
 	w.mu.Unlock()
-	select {
-	case <-w.exited:
-	case <-time.After(2 * time.Second):
-		w.kill("it closed its end of the protocol but did not exit")
-		<-w.exited
-	}
-	w.close()
-	// The last lines of stderr, once the pipe is drained; a grandchild
-	// that keeps it open is not waited for.
-	drained := make(chan struct{})
-	go func() {
-		w.output.Wait()
-		close(drained)
-	}()
-	select {
-	case <-drained:
-	case <-time.After(100 * time.Millisecond):
-	}
-	st := w.state
-	e := &WorkerCrashError{Pid: w.pid, ExitCode: st.ExitCode()}
-	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		e.Signal = ws.Signal()
-	}
-	w.mu.Lock()
-	e.Reason = w.reason
-	e.Stderr = strings.Join(w.tail, "\n")
-	w.mu.Unlock()
-	if e.Reason == "" && e.ExitCode == exitMemory {
-		e.Reason = "the plugin ran out of memory (MemoryError under the worker's memory limit)"
-	}
-	if e.Reason == "" && cause != nil && !errors.Is(cause, io.EOF) {
-		e.Reason = cause.Error()
-	}
-	return e
+	return w.crash()
+}
+
+// crash waits for the process to end (killing it if it closed its
+// socket but lingers), releases our ends, and returns how it ended, the
+// same error for every call that asks.
+func (w *worker) crash() error {
+	w.crashOnce.Do(func() {
+		select {
+		case <-w.exited:
+		case <-time.After(2 * time.Second):
+			w.kill("it closed its end of the protocol but did not exit")
+			<-w.exited
+		}
+		w.close()
+		// The last lines of stderr, once the pipe is drained; a
+		// grandchild that keeps it open is not waited for.
+		drained := make(chan struct{})
+		go func() {
+			w.output.Wait()
+			close(drained)
+		}()
+		select {
+		case <-drained:
+		case <-time.After(100 * time.Millisecond):
+		}
+		st := w.state
+		e := &WorkerCrashError{Pid: w.pid, ExitCode: st.ExitCode()}
+		if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			e.Signal = ws.Signal()
+		}
+		w.mu.Lock()
+		e.Reason = w.reason
+		e.Stderr = strings.Join(w.tail, "\n")
+		cause := w.cause
+		w.mu.Unlock()
+		if e.Reason == "" && e.ExitCode == exitMemory {
+			e.Reason = "the plugin ran out of memory (MemoryError under the worker's memory limit)"
+		}
+		if e.Reason == "" && cause != nil && !errors.Is(cause, io.EOF) {
+			e.Reason = cause.Error()
+		}
+		w.crashErr = e
+	})
+	return w.crashErr
 }
 
 // stop ends a worker that is not in a call: it exits when its socket

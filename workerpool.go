@@ -13,27 +13,18 @@ import "C"
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
-	"iter"
 	"os"
 	"path"
 	"runtime"
 	"strings"
 	"sync"
-	"time"
 
 	"go.uber.org/zap"
 )
-
-// workerGrace is how long a cancelled call has to stop before its worker
-// is killed: time for the plugin's finally blocks, and the bound on a
-// deadline for code that never returns to Python (a C sleep, a long
-// numpy operation).
-const workerGrace = 500 * time.Millisecond
 
 // workers is a handle's worker mode: the current pool, replaced whole by
 // Reload.
@@ -43,27 +34,42 @@ type workers struct {
 	binding binding
 }
 
-// workerPool is one generation of workers: n processes with one import of
-// the plugin each.
+// workerPool is one generation of workers: size processes with one import
+// of the plugin each. A worker runs one exchange at a time (a unary call,
+// or one step of a stream); an open stream stays with its worker, which
+// serves other calls between the stream's steps. While an exchange waits
+// for Go (a host function, an item of a host-fed stream), its worker is
+// lent back to the pool, so that a call the host function makes into the
+// plugin can run there, nested, as it would in-process.
 type workerPool struct {
 	p    *plugin
 	cfg  workerConfig
 	load []byte // the LOAD frame's payload
+	size int
 
-	idle    chan poolEntry // free workers, and failed starts to report
-	done    chan struct{}  // closed by close
 	mu      sync.Mutex
+	free    []*worker
+	waiters []*waiter
+	failed  []error // replacements that did not start, reported to callers
 	closed  bool
-	retired bool // closed by a Reload, not by Close: calls go to the new pool
+	retired bool // closed by a Reload, not by Close: new calls go to the new pool
 	ready   workerReady
+}
+
+// waiter is a call waiting for a worker: a given one, or any; or ret,
+// an exchange that lent its worker and takes it back.
+type waiter struct {
+	want *worker
+	ret  *conv
+	ch   chan poolEntry // one slot
 }
 
 type poolEntry struct {
 	w   *worker
-	err error // a replacement that did not start
+	err error
 }
 
-// errRetired is get's error on a pool a Reload replaced.
+// errRetired is acquire's error on a pool a Reload replaced.
 var errRetired = errors.New("fidius: worker pool replaced by a reload")
 
 // loadWorkers loads the plugin into n worker processes.
@@ -163,7 +169,7 @@ func (p *plugin) startPool(ctx context.Context, cfg workerConfig, n int) (*worke
 	if err != nil {
 		return nil, err
 	}
-	wp := &workerPool{p: p, cfg: cfg, load: load, idle: make(chan poolEntry, n), done: make(chan struct{})}
+	wp := &workerPool{p: p, cfg: cfg, load: load, size: n}
 	type started struct {
 		w   *worker
 		err error
@@ -215,8 +221,9 @@ func (p *plugin) startPool(ctx context.Context, cfg workerConfig, n int) (*worke
 	}
 	wp.ready = got[0].ready
 	for _, w := range got {
-		wp.idle <- poolEntry{w: w}
+		w.pool = wp
 	}
+	wp.free = got
 	return wp, nil
 }
 
@@ -234,51 +241,183 @@ func linkedPython() (string, error) {
 	return exe, nil
 }
 
-// get hands out a free worker, waiting for one under ctx.
-func (wp *workerPool) get(ctx context.Context) (*worker, error) {
-	var e poolEntry
-	select {
-	case e = <-wp.idle:
-	default:
-		select {
-		case e = <-wp.idle:
-		case <-wp.done:
+// acquire hands out a worker to run one exchange: want, or any free
+// worker when want is nil, waiting under ctx. With ret, it is the
+// exchange ret taking back the worker it lent, which it gets only once
+// every exchange that started in the worker since has ended: the worker
+// runs them nested in ret's, and answers ret's question last.
+func (wp *workerPool) acquire(ctx context.Context, want *worker, ret *conv) (*worker, error) {
+	wp.mu.Lock()
+	if want == nil {
+		for len(wp.free) > 0 {
+			w := wp.free[len(wp.free)-1]
+			wp.free = wp.free[:len(wp.free)-1]
+			if w.isBroken() {
+				wp.dropLocked(w) // it ended while free: nobody's call failed
+				continue
+			}
+			w.held = true
+			wp.mu.Unlock()
+			return w, nil
+		}
+		if wp.closed {
+			wp.mu.Unlock()
 			return nil, wp.doneErr()
-		case <-ctx.Done():
+		}
+		if len(wp.failed) > 0 {
+			err := wp.failed[0]
+			wp.failed = wp.failed[1:]
+			wp.mu.Unlock()
+			go wp.replace()
+			return nil, fmt.Errorf("replacing a worker that ended: %w", err)
+		}
+	} else if !want.held && !want.gone && (ret == nil || want.lentTo(ret)) {
+		wp.takeLocked(want)
+		if ret != nil {
+			want.lent = want.lent[:len(want.lent)-1]
+		}
+		wp.mu.Unlock()
+		return want, nil
+	} else if want.gone {
+		wp.mu.Unlock()
+		return nil, want.crash()
+	}
+	wt := &waiter{want: want, ret: ret, ch: make(chan poolEntry, 1)}
+	wp.waiters = append(wp.waiters, wt)
+	wp.mu.Unlock()
+	select {
+	case e := <-wt.ch:
+		return e.w, e.err
+	case <-ctx.Done():
+	}
+	wp.mu.Lock()
+	for i, x := range wp.waiters {
+		if x == wt {
+			wp.waiters = append(wp.waiters[:i], wp.waiters[i+1:]...)
+			wp.mu.Unlock()
 			return nil, ctx.Err()
 		}
 	}
-	if e.err != nil {
-		go wp.replace()
-		return nil, fmt.Errorf("replacing a worker that ended: %w", e.err)
+	wp.mu.Unlock()
+	if e := <-wt.ch; e.w != nil { // handed over as ctx ended
+		wp.release(e.w)
 	}
-	return e.w, nil
+	return nil, ctx.Err()
 }
 
 func (wp *workerPool) doneErr() error {
-	wp.mu.Lock()
-	defer wp.mu.Unlock()
 	if wp.retired {
 		return errRetired
 	}
 	return ErrClosed
 }
 
-// put takes a worker back after a call: a broken one is replaced, one
-// of a closed pool stopped.
-func (wp *workerPool) put(w *worker) {
+// takeLocked marks a free worker held. mu held.
+func (wp *workerPool) takeLocked(w *worker) {
+	for i, x := range wp.free {
+		if x == w {
+			wp.free = append(wp.free[:i], wp.free[i+1:]...)
+			break
+		}
+	}
+	w.held = true
+}
+
+// release takes a worker back after an exchange, and hands it to the
+// first call waiting for it.
+func (wp *workerPool) release(w *worker) {
+	wp.mu.Lock()
+	w.held = false
 	if w.isBroken() {
-		w.stop()
-		go wp.replace()
+		wp.dropLocked(w)
+		wp.mu.Unlock()
 		return
 	}
-	wp.mu.Lock()
-	if wp.closed {
+	if wp.handLocked(w) {
+		wp.mu.Unlock()
+		return
+	}
+	if wp.closed && w.streams == 0 {
+		w.gone = true
 		wp.mu.Unlock()
 		w.stop()
 		return
 	}
-	wp.idle <- poolEntry{w: w} // never blocks: at most n entries
+	wp.free = append(wp.free, w)
+	wp.mu.Unlock()
+}
+
+// handLocked gives w to the exchange taking it back, if its nested ones
+// are over, else to the first waiter that wants it or any worker. mu
+// held.
+func (wp *workerPool) handLocked(w *worker) bool {
+	pick := -1
+	for i, wt := range wp.waiters {
+		if wt.ret != nil && wt.want == w && w.lentTo(wt.ret) {
+			pick = i
+			w.lent = w.lent[:len(w.lent)-1]
+			break
+		}
+	}
+	for i, wt := range wp.waiters {
+		if pick >= 0 {
+			break
+		}
+		if wt.ret == nil && (wt.want == w || wt.want == nil && !wp.closed) {
+			pick = i
+		}
+	}
+	if pick < 0 {
+		return false
+	}
+	wt := wp.waiters[pick]
+	wp.waiters = append(wp.waiters[:pick], wp.waiters[pick+1:]...)
+	w.held = true
+	wt.ch <- poolEntry{w: w}
+	return true
+}
+
+// lend hands back a worker whose exchange c waits for Go: it takes it
+// back with acquire(ctx, w, c).
+func (wp *workerPool) lend(w *worker, c *conv) {
+	wp.mu.Lock()
+	w.lent = append(w.lent, c)
+	wp.mu.Unlock()
+	wp.release(w)
+}
+
+// dropLocked removes a worker that ended: the calls waiting for it get
+// its crash, and a replacement starts. mu held.
+func (wp *workerPool) dropLocked(w *worker) {
+	if w.gone {
+		return
+	}
+	w.gone = true
+	for i := 0; i < len(wp.waiters); i++ {
+		if wt := wp.waiters[i]; wt.want == w {
+			wp.waiters = append(wp.waiters[:i], wp.waiters[i+1:]...)
+			i--
+			wt.ch <- poolEntry{err: w.crash()}
+		}
+	}
+	go w.crash() // reaps it and closes its socket, if no call did
+	if !wp.closed {
+		go wp.replace()
+	}
+}
+
+// streamEnded notes that a stream open on w has ended; a worker of a
+// closed pool stops once its last stream has.
+func (wp *workerPool) streamEnded(w *worker) {
+	wp.mu.Lock()
+	w.streams--
+	if wp.closed && w.streams == 0 && !w.held && !w.gone {
+		wp.takeLocked(w)
+		w.gone = true
+		wp.mu.Unlock()
+		w.stop()
+		return
+	}
 	wp.mu.Unlock()
 }
 
@@ -296,12 +435,29 @@ func (wp *workerPool) replace() {
 		}
 		return
 	}
-	wp.idle <- poolEntry{w: w, err: err}
+	if err != nil {
+		for i, wt := range wp.waiters {
+			if wt.want == nil {
+				wp.waiters = append(wp.waiters[:i], wp.waiters[i+1:]...)
+				wt.ch <- poolEntry{err: fmt.Errorf("replacing a worker that ended: %w", err)}
+				wp.mu.Unlock()
+				go wp.replace()
+				return
+			}
+		}
+		wp.failed = append(wp.failed, err)
+		wp.mu.Unlock()
+		return
+	}
+	w.pool = wp
+	if !wp.handLocked(w) {
+		wp.free = append(wp.free, w)
+	}
 	wp.mu.Unlock()
 }
 
-// close stops the free workers before it returns; the busy ones stop as
-// their calls end.
+// close stops the free workers before it returns; the busy ones stop when
+// their exchanges and streams end.
 func (wp *workerPool) close() { wp.end(false) }
 
 func (wp *workerPool) end(retire bool) {
@@ -311,16 +467,27 @@ func (wp *workerPool) end(retire bool) {
 		return
 	}
 	wp.closed, wp.retired = true, retire
-	close(wp.done)
-	var free []*worker
-	for len(wp.idle) > 0 {
-		if e := <-wp.idle; e.w != nil {
-			free = append(free, e.w)
+	for i := 0; i < len(wp.waiters); i++ {
+		if wt := wp.waiters[i]; wt.want == nil {
+			wp.waiters = append(wp.waiters[:i], wp.waiters[i+1:]...)
+			i--
+			wt.ch <- poolEntry{err: wp.doneErr()}
 		}
 	}
+	var idle []*worker
+	kept := wp.free[:0]
+	for _, w := range wp.free {
+		if w.streams == 0 {
+			w.gone = true
+			idle = append(idle, w)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	wp.free = kept
 	wp.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, w := range free {
+	for _, w := range idle {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -330,6 +497,13 @@ func (wp *workerPool) end(retire bool) {
 	wg.Wait()
 }
 
+// hostBinding returns the host interfaces the current code imports.
+func (wk *workers) hostBinding() binding {
+	wk.mu.Lock()
+	defer wk.mu.Unlock()
+	return wk.binding
+}
+
 // pool returns the current pool.
 func (wk *workers) pool() *workerPool {
 	wk.mu.Lock()
@@ -337,391 +511,12 @@ func (wk *workers) pool() *workerPool {
 	return wk.cur
 }
 
-// get hands out a free worker of the current pool, and that pool.
-func (h *PluginHandle) getWorker(ctx context.Context) (*worker, *workerPool, error) {
-	for {
-		wp := h.wk.pool()
-		w, err := wp.get(ctx)
-		if err == errRetired {
-			continue // a Reload put a new pool in place
-		}
-		if errors.Is(err, ErrClosed) {
-			return nil, nil, h.errClosed()
-		}
-		return w, wp, err
-	}
-}
-
-// conv is one call's conversation with its worker.
-type conv struct {
-	h    *PluginHandle
-	m    *MethodDesc
-	i    int // m's index
-	w    *worker
-	wp   *workerPool
-	n    uint64 // the call's number in the worker
-	in   *feed  // a client or bidirectional stream's input, or nil
-	live bool   // a stream is open in the worker
-	item []byte // the answer to a pull
-	// cancelled is set once the caller's ctx ended: host functions and
-	// fed items are refused from then on.
-	cancelled chan struct{}
-	once      sync.Once
-}
-
-// converse sends one frame and reads until the answer, serving the host
-// calls and input pulls the plugin makes meanwhile. A successful answer's
-// payload is appended to into; an error is the call's.
-func (c *conv) converse(kind, flags byte, payload []byte, into []byte) (frame, []byte, error) {
-	w := c.w
-	if err := w.send(kind, flags, uint16(c.i), payload); err != nil {
-		return frame{}, into, w.lost(err)
-	}
-	for {
-		f, out, err := w.read(into)
-		if err != nil {
-			return f, into, w.lost(err)
-		}
-		body := out[len(into):]
-		switch f.kind {
-		case fOK, fItem, fEnd, fDone:
-			return f, out, nil
-		case fHostCall:
-			err = w.send(c.hostCall(body))
-		case fPull:
-			err = w.send(c.pull(), 0, 0, c.item)
-		case fPluginErr:
-			return f, into, c.in.hostErrorOrNot(c.m, pluginErrorFrame(body))
-		case fOutputErr:
-			return f, into, fmt.Errorf("%w from method %q: %s", ErrOutputEncode, c.m.Name, body)
-		case fInputErr:
-			return f, into, fmt.Errorf("%w for method %q: %s", ErrInputDecode, c.m.Name, body)
-		case fCancelled:
-			return f, into, context.Canceled // replaced by the ctx's own error
-		default:
-			w.kill(fmt.Sprintf("it sent a frame of unknown kind %d", f.kind))
-			return f, into, w.lost(err)
-		}
-		if err != nil {
-			return f, into, w.lost(err)
-		}
-	}
-}
-
-// hostCall runs a host function the plugin called: [interface, function,
-// args].
-func (c *conv) hostCall(body []byte) (byte, byte, uint16, []byte) {
-	var req [3]json.RawMessage
-	var iface, fn string
-	if json.Unmarshal(body, &req) != nil || json.Unmarshal(req[0], &iface) != nil || json.Unmarshal(req[1], &fn) != nil {
-		out, _ := json.Marshal(map[string]string{"code": "HOST_ERROR", "message": "malformed host call"})
-		return fHostErr, 0, 0, out
-	}
-	select {
-	case <-c.cancelled:
-		out, _ := json.Marshal(map[string]string{"code": "CANCELLED", "message": "the call's context ended"})
-		return fHostErr, 0, 0, out
-	default:
-	}
-	out, ok := c.h.wk.binding.call(iface, fn, req[2])
-	if !ok {
-		return fHostErr, 0, 0, out
-	}
-	return fHostOK, 0, 0, out
-}
-
-// pull answers a fed stream's next(): its kind, with the item or the
-// error message left in c.item.
-func (c *conv) pull() byte {
-	c.item = nil
-	if c.in == nil {
-		return fFeedEnd
-	}
-	select {
-	case <-c.cancelled:
-		return fFeedEnd // once ctx ends, the plugin gets no more items
-	default:
-	}
-	item, status := c.in.next()
-	switch status {
-	case 0:
-		return fFeedEnd
-	case -1:
-		c.item = item
-		return fFeedErr
-	}
-	c.item = item // checked by the worker, which knows its count
-	return fFeed
-}
-
-// pluginErrorFrame decodes a PLUGIN_ERR payload: code and message
-// lengths (u32 each), code, message, details JSON.
-func pluginErrorFrame(b []byte) error {
-	if len(b) < 8 {
-		return &PluginError{Code: "WorkerProtocol", Message: "malformed error frame"}
-	}
-	n1, n2 := int(binary.LittleEndian.Uint32(b)), int(binary.LittleEndian.Uint32(b[4:]))
-	b = b[8:]
-	if n1+n2 > len(b) {
-		return &PluginError{Code: "WorkerProtocol", Message: "malformed error frame"}
-	}
-	e := &PluginError{Code: string(b[:n1]), Message: string(b[n1 : n1+n2])}
-	if d := b[n1+n2:]; len(d) > 0 && string(d) != "null" {
-		e.Details = json.RawMessage(append([]byte(nil), d...))
-	}
-	return e
-}
-
-// hostErrorOrNot is hostError for a call with a host-fed stream.
-func (f *feed) hostErrorOrNot(m *MethodDesc, err error) error {
-	if f == nil {
-		return err
-	}
-	return f.hostError(m, err)
-}
-
-// start begins a call: a free worker, and its number there.
-func (h *PluginHandle) startConv(ctx context.Context, i int, m *MethodDesc) (*conv, error) {
-	w, wp, err := h.getWorker(ctx)
-	if err != nil {
-		return nil, err
-	}
-	w.calls++
-	return &conv{h: h, m: m, i: i, w: w, wp: wp, n: w.calls, cancelled: make(chan struct{})}, nil
-}
-
-// run runs f, one exchange of the conversation: on the caller's
-// goroutine under a ctx that cannot end, else on a goroutine of its own
-// that the caller leaves when ctx ends. Then the call is cancelled in the
-// worker, which is killed if it has not answered within workerGrace, and
-// the conversation is finished in the background. run reports whether
-// the caller may go on.
-func (c *conv) run(ctx context.Context, f func()) bool {
-	if ctx.Done() == nil {
-		f()
-		return true
-	}
-	done := make(chan struct{})
-	go func() {
-		f()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return true
-	case <-ctx.Done():
-	}
-	c.once.Do(func() { close(c.cancelled) })
-	if c.in != nil {
-		go c.in.stop() // an items blocked in a send must not hold up the kill
-	}
-	c.w.cancelCall(c.n)
-	go func() {
-		t := time.NewTimer(workerGrace)
-		select {
-		case <-done:
-		case <-t.C:
-			c.w.kill(fmt.Sprintf("its call of method %q did not stop within %v of its context ending", c.m.Name, workerGrace))
-			<-done
-		}
-		t.Stop()
-		c.finish()
-	}()
-	return false
-}
-
-// finish closes a stream the worker still has open, and hands the worker
-// back.
-func (c *conv) finish() {
-	if c.live && !c.w.isBroken() {
-		c.live = false
-		t := time.AfterFunc(workerGrace, func() {
-			c.w.kill(fmt.Sprintf("closing the stream of method %q took longer than %v", c.m.Name, workerGrace))
-		})
-		f, _, err := c.converse(fStop, 0, nil, nil)
-		for err == nil && f.kind != fDone {
-			// An item the stream produced as the caller left: dropped.
-			f, _, err = c.converse(fStop, 0, nil, nil)
-		}
-		t.Stop()
-	}
-	if c.in != nil {
-		c.in.stop()
-		c.in.forget()
-	}
-	c.wp.put(c.w)
-}
-
-// workerCall is a unary call (typed, raw, or client-streaming) in worker
-// mode.
-func (h *PluginHandle) workerCall(ctx context.Context, i int, m *MethodDesc, kind callKind, dst, input []byte, items iter.Seq2[json.RawMessage, error]) ([]byte, error) {
-	if kind != rawCall {
-		if err := checkInput(m, input); err != nil {
-			return dst, err
-		}
-	}
-	c, err := h.startConv(ctx, i, m)
-	if err != nil {
-		return dst, err
-	}
-	fk := fCall
-	switch kind {
-	case rawCall:
-		fk = fRaw
-	case clientStreamCall:
-		fk = fClient
-		c.in = newFeed(items)
-	}
-	var out []byte
-	if !c.run(ctx, func() {
-		var f frame
-		f, out, err = c.converse(fk, 0, input, dst)
-		if err == nil && f.kind != fOK {
-			err = c.unexpected(f)
-		}
-	}) {
-		return dst, h.interrupted(m, ctx)
-	}
-	if err == context.Canceled {
-		err = h.interrupted(m, ctx)
-	}
-	if out == nil && err == nil {
-		out = []byte{}
-	}
-	c.finish()
-	if err != nil {
-		return dst, err
-	}
-	return out, nil
-}
-
-// unexpected ends a conversation that is out of step.
-func (c *conv) unexpected(f frame) error {
-	c.w.kill(fmt.Sprintf("it answered with a frame of kind %d", f.kind))
-	return c.w.lost(errors.New("protocol out of step"))
-}
-
-// workerStream runs a server or bidirectional stream in worker mode.
-func (h *PluginHandle) workerStream(ctx context.Context, i int, m *MethodDesc, input []byte, items iter.Seq2[json.RawMessage, error], yield func(json.RawMessage, error) bool) {
-	if err := checkInput(m, input); err != nil {
-		yield(nil, err)
-		return
-	}
-	c, err := h.startConv(ctx, i, m)
-	if err != nil {
-		yield(nil, err)
-		return
-	}
-	var flags byte
-	if items != nil {
-		flags = 1
-		c.in = newFeed(items)
-	}
-	if !c.run(ctx, func() {
-		var f frame
-		if f, _, err = c.converse(fStream, flags, input, nil); err == nil {
-			if f.kind != fOK {
-				err = c.unexpected(f)
-			} else {
-				c.live = true
-			}
-		}
-	}) {
-		yield(nil, h.interrupted(m, ctx))
-		return
-	}
-	for err == nil {
-		var (
-			f    frame
-			item []byte
-		)
-		if !c.run(ctx, func() {
-			f, item, err = c.converse(fNext, 0, nil, nil)
-			if err != nil || f.kind == fEnd {
-				c.live = false
-			}
-		}) {
-			yield(nil, h.interrupted(m, ctx))
-			return
-		}
-		if err != nil || f.kind == fEnd {
-			break
-		}
-		if f.kind != fItem {
-			c.live = false
-			err = c.unexpected(f)
-			break
-		}
-		if item == nil {
-			item = []byte{}
-		}
-		if !yield(item, nil) {
-			c.finish()
-			return
-		}
-	}
-	if err == context.Canceled {
-		err = h.interrupted(m, ctx)
-	}
-	c.finish()
-	if err != nil {
-		yield(nil, err)
-	}
-}
-
-// checkInput refuses typed input that is not one strict JSON value nested
-// at most maxDepth levels: nothing reaches the worker.
-func checkInput(m *MethodDesc, input []byte) error {
-	if len(input) == 0 {
-		return nil
-	}
-	depth, deepest := 0, 0
-	inString, escaped := false, false
-	for _, b := range input {
-		switch {
-		case inString:
-			switch {
-			case escaped:
-				escaped = false
-			case b == '\\':
-				escaped = true
-			case b == '"':
-				inString = false
-			}
-		case b == '"':
-			inString = true
-		case b == '[' || b == '{':
-			depth++
-			deepest = max(deepest, depth)
-		case b == ']' || b == '}':
-			depth--
-		}
-	}
-	if deepest > maxDepth {
-		return fmt.Errorf("%w for method %q: JSON nests deeper than %d levels", ErrInputDecode, m.Name, maxDepth)
-	}
-	if !json.Valid(input) {
-		var v any
-		err := json.Unmarshal(input, &v)
-		var syn *json.SyntaxError
-		if errors.As(err, &syn) {
-			// Offset counts the bytes read, the bad one included.
-			return fmt.Errorf("%w for method %q: offset %d: %v", ErrInputDecode, m.Name, syn.Offset-1, err)
-		}
-		return fmt.Errorf("%w for method %q: %v", ErrInputDecode, m.Name, err)
-	}
-	return nil
-}
-
-// maxDepth is how deep a value may nest, each way (FIDIUS_MAX_DEPTH).
-const maxDepth = 1000
-
 // reloadWorkers is Reload in worker mode: a new pool is started and
 // loaded; if every worker loads, calls go to it from then on, and the old
 // pool's workers stop as their calls end. No call fails for the reload.
 func (h *PluginHandle) reloadWorkers(ctx context.Context) error {
 	old := h.wk.pool()
-	wp, err := h.plugin.startPool(ctx, old.cfg, cap(old.idle))
+	wp, err := h.plugin.startPool(ctx, old.cfg, old.size)
 	if err != nil {
 		return fmt.Errorf("reloading package %s: %w", h.plugin.dir, err)
 	}
@@ -740,7 +535,7 @@ func (h *PluginHandle) reloadWorkers(ctx context.Context) error {
 	h.present.Store(&wp.ready.Present)
 	h.wk.mu.Unlock()
 	old.end(true)
-	h.plugin.logger.Info("reloaded python plugin", zap.String("package", h.plugin.dir), zap.Int("workers", cap(wp.idle)))
+	h.plugin.logger.Info("reloaded python plugin", zap.String("package", h.plugin.dir), zap.Int("workers", wp.size))
 	return nil
 }
 
@@ -755,15 +550,11 @@ func (h *PluginHandle) closeWorkers() {
 // workerPids lists the handle's worker processes that are free (tests).
 func (h *PluginHandle) workerPids() []int {
 	wp := h.wk.pool()
-	var pids []int
 	wp.mu.Lock()
 	defer wp.mu.Unlock()
-	for range len(wp.idle) {
-		e := <-wp.idle
-		if e.w != nil {
-			pids = append(pids, e.w.pid)
-		}
-		wp.idle <- e
+	var pids []int
+	for _, w := range wp.free {
+		pids = append(pids, w.pid)
 	}
 	return pids
 }

@@ -106,11 +106,13 @@ def _sendall(data):
 
 # Cancellation: the host writes the number of the call to cancel to fd 4,
 # then sends SIGUSR1. The handler raises only inside plugin code, and only
-# for the call running now; a cancel that arrives late finds another
-# number and is dropped.
-calls = 0  # the number of the call running or last run
+# into the call it names; a cancel that arrives once that call is over is
+# dropped. Calls are numbered in the order their first frame arrives, as
+# the host numbers them.
+calls = 0  # calls started
+stack = []  # the numbers of the calls running, innermost last
+cancelled = set()  # numbers of running calls and open streams the host cancelled
 in_plugin = False
-cancel_pending = False
 CANCEL_FD = 4
 os.set_blocking(CANCEL_FD, False)
 
@@ -121,15 +123,14 @@ class CallCancelled(BaseException):
 
 
 def _on_cancel(signum, frame):
-    global cancel_pending
     try:
         data = os.read(CANCEL_FD, 4096)
     except BlockingIOError:
         return
     for (n,) in struct.iter_unpack("<Q", data[: len(data) // 8 * 8]):
-        if n == calls:
-            cancel_pending = True
-    if cancel_pending and in_plugin:
+        if n in stack or n in streams:
+            cancelled.add(n)
+    if in_plugin and stack and stack[-1] in cancelled:
         raise CallCancelled("the call's context ended")
 
 
@@ -137,14 +138,14 @@ signal.signal(signal.SIGUSR1, _on_cancel)
 
 
 class plugin_code:
-    """Marks plugin code, where a cancellation may raise."""
+    """Marks plugin code of the innermost call, where a cancellation may
+    raise."""
 
     def __enter__(self):
         global in_plugin
-        in_plugin = True
-        if cancel_pending:
-            in_plugin = False
+        if stack and stack[-1] in cancelled:
             raise CallCancelled("the call's context ended")
+        in_plugin = True
 
     def __exit__(self, *exc):
         global in_plugin
@@ -163,8 +164,20 @@ class protocol:
     def __exit__(self, *exc):
         global in_plugin
         in_plugin = self.was
-        if self.was and cancel_pending and exc[0] is None:
+        if self.was and stack and stack[-1] in cancelled and exc[0] is None:
             raise CallCancelled("the call's context ended")
+
+
+def answer(*kinds):
+    """Wait for the host's answer to a question of the call running (a host
+    function's result, a fed item). Meanwhile the host may run other calls
+    here, a call the host function makes back into this plugin, say: they
+    run to their end, nested, before the answer comes."""
+    while True:
+        kind, flags, m, payload = recv()
+        if kind in kinds:
+            return kind, payload
+        dispatch(kind, flags, m, payload)
 
 
 # Values: the library's value table (its package documentation), in the
@@ -349,7 +362,7 @@ class _HostModule:
             )
         with protocol():
             send(HOSTCALL, encode([name, function, list(args)]))
-            kind, _, _, payload = recv()
+            kind, payload = answer(HOST_OK, HOST_ERR)
         if kind == HOST_OK:
             return True, json.loads(payload)
         err = json.loads(payload)
@@ -359,7 +372,8 @@ class _HostModule:
 class HostStream:
     """The host-fed input stream of a client or bidirectional stream."""
 
-    def __init__(self):
+    def __init__(self, number):
+        self.number = number  # the call it belongs to
         self.done = False
         self.busy = False
         self.count = 0
@@ -370,9 +384,9 @@ class HostStream:
     def __next__(self):
         if self.done:
             raise StopIteration
-        if self.busy or _get_ident() != _main_thread:
-            # Only the call reads its input: a plugin thread would
-            # interleave its frames with the call's.
+        if self.busy or _get_ident() != _main_thread or not stack or stack[-1] != self.number:
+            # Only the call reads its input: a plugin thread, or a call
+            # nested in it, would interleave its frames with the call's.
             raise RuntimeError("the host's input stream can only be read by the thread running the call")
         self.busy = True
         try:
@@ -383,7 +397,7 @@ class HostStream:
     def _next(self):
         with protocol():
             send(PULL)
-            kind, _, _, payload = recv()
+            kind, payload = answer(FEED, FEED_END, FEED_ERR)
         if kind == FEED:
             self.count += 1
             try:
@@ -499,11 +513,56 @@ def out_of_memory(exc):
         os._exit(EXIT_MEMORY)
 
 
-def call(kind, m, payload):
-    """Run one unary call and send its answer."""
-    global calls, cancel_pending
+def begin():
+    """Number a new call and make it the innermost."""
+    global calls
     calls += 1
-    cancel_pending = False
+    stack.append(calls)
+    return calls
+
+
+def end(n):
+    stack.pop()
+    if n not in streams:
+        cancelled.discard(n)
+
+
+def dispatch(kind, flags, m, payload):
+    global in_plugin
+    was = in_plugin
+    in_plugin = False
+    try:
+        if kind in (CALL, RAW, CLIENT):
+            n = begin()
+            try:
+                call(n, kind, m, payload)
+            finally:
+                end(n)
+        elif kind == STREAM:
+            n = begin()
+            try:
+                open_stream(n, m, flags, payload)
+            finally:
+                end(n)
+        elif kind == NEXT:
+            (n,) = struct.unpack("<Q", payload)
+            stack.append(n)
+            try:
+                next_item(n)
+            finally:
+                end(n)
+        elif kind == STOP:
+            (n,) = struct.unpack("<Q", payload)
+            stop_stream(n)
+            send(DONE)
+        else:
+            raise SystemExit(f"fidius worker: unexpected frame kind {kind}")
+    finally:
+        in_plugin = was
+
+
+def call(n, kind, m, payload):
+    """Run one unary call and send its answer."""
     fn = methods[m]
     feed = None
     try:
@@ -512,7 +571,7 @@ def call(kind, m, payload):
         else:
             args = decode_args(payload)
             if kind == CLIENT:
-                feed = HostStream()
+                feed = HostStream(n)
                 args = (feed, *args)
     except (ValueError, RecursionError) as exc:
         return send(INPUT_ERR, _why("input is not valid JSON", exc))
@@ -548,21 +607,20 @@ def call(kind, m, payload):
     send(OK, out)
 
 
-def stream(m, flags, payload):
-    """Run a streaming call: its items go out one per NEXT, until the end,
-    an error or STOP."""
-    global calls, cancel_pending
-    calls += 1
-    cancel_pending = False
+streams = {}  # call number -> [iterator, its HostStream or None]
+
+
+def open_stream(n, m, flags, payload):
+    """Start a streaming call: it stays open, between the host's NEXT
+    frames, until its end, an error or STOP."""
     fn = methods[m]
-    feed = HostStream() if flags else None
+    feed = HostStream(n) if flags else None
     try:
         args = decode_args(payload)
     except (ValueError, RecursionError) as exc:
         return send(INPUT_ERR, _why("input is not valid JSON", exc))
     if feed is not None:
         args = (feed, *args)
-    it = None
     try:
         with plugin_code():
             res = fn(*args)
@@ -570,61 +628,73 @@ def stream(m, flags, payload):
                 it = iter(res)
             except TypeError:
                 if getattr(type(res), "__iter__", None) is None:
-                    it = None
-                    send(
+                    return send(
                         OUTPUT_ERR,
                         f"streaming method must return an iterable, not {type(res).__name__}".encode(),
                     )
-                    return
                 raise
     except CallCancelled:
         return send(CANCELLED)
     except BaseException as exc:
         out_of_memory(exc)
         return send(PLUGIN_ERR, describe(exc))
+    streams[n] = [it, feed]
     send(OK)
+
+
+def next_item(n):
+    entry = streams.get(n)
+    if entry is None:
+        return send(END)
+    it = entry[0]
     try:
-        while True:
-            kind, _, _, _ = recv()
-            if kind == STOP:
-                break
-            try:
-                with plugin_code():
-                    item = next(it)
-            except StopIteration:
-                send(END)
-                it = None
-                return
-            except CallCancelled:
-                send(CANCELLED)
-                return
-            except BaseException as exc:
-                out_of_memory(exc)
-                send(PLUGIN_ERR, describe(exc))
-                return
-            try:
-                out = encode(item)
-            except BaseException as exc:
-                send(OUTPUT_ERR, _why("return value cannot be encoded as JSON", exc))
-                return
-            send(ITEM, out)
-    finally:
-        if it is not None:
-            close = getattr(it, "close", None)
-            if close is not None:
-                try:
-                    with plugin_code():
-                        close()
-                except BaseException:
-                    pass
-        if feed is not None:
-            feed.done = True
-    send(DONE)
+        with plugin_code():
+            item = next(it)
+    except StopIteration:
+        del streams[n]
+        return send(END)
+    except CallCancelled:
+        stop_stream(n)
+        return send(CANCELLED)
+    except BaseException as exc:
+        out_of_memory(exc)
+        del streams[n]
+        return send(PLUGIN_ERR, describe(exc))
+    try:
+        out = encode(item)
+    except BaseException as exc:
+        stop_stream(n)
+        return send(OUTPUT_ERR, _why("return value cannot be encoded as JSON", exc))
+    send(ITEM, out)
+
+
+def stop_stream(n):
+    """Close an open stream: its generator's finally blocks run."""
+    global in_plugin
+    entry = streams.pop(n, None)
+    cancelled.discard(n)
+    if entry is None:
+        return
+    it, feed = entry
+    close = getattr(it, "close", None)
+    if close is not None:
+        stack.append(n)
+        was = in_plugin
+        in_plugin = True  # a second cancel may still stop a finally that hangs
+        try:
+            close()
+        except BaseException:
+            pass
+        finally:
+            in_plugin = was
+            stack.pop()
+    if feed is not None:
+        feed.done = True
 
 
 def main():
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_DEPTH))
     global memory_limited
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_DEPTH))
     limit = int(os.environ.pop("FIDIUS_WORKER_MEMORY", "0") or 0)
     if limit > 0:
         import resource
@@ -636,13 +706,7 @@ def main():
         return
     load(payload)
     while True:
-        kind, flags, m, payload = recv()
-        if kind in (CALL, RAW, CLIENT):
-            call(kind, m, payload)
-        elif kind == STREAM:
-            stream(m, flags, payload)
-        elif kind == STOP:
-            send(DONE)  # a stream that had already ended
+        dispatch(*recv())
 
 
 try:

@@ -1,0 +1,422 @@
+// This file owns calls in worker mode: each call's conversation with a
+// worker as frames, the host functions and host-fed items it serves
+// meanwhile, cancellation by signal with a kill after a grace period, and
+// the unary calls and streams built on it.
+
+package fidius
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"sync"
+	"time"
+)
+
+// workerGrace is how long a cancelled call has to stop before its worker
+// is killed: time for the plugin's finally blocks, and the bound on a
+// deadline for code that never returns to Python (a C sleep, a long
+// numpy operation).
+const workerGrace = 500 * time.Millisecond
+
+// conv is one call's conversation with a worker: a unary call, or a
+// stream from its start to its end.
+type conv struct {
+	h    *PluginHandle
+	m    *MethodDesc
+	i    int // m's index
+	wp   *workerPool
+	w    *worker // once the first exchange has it
+	n    uint64  // the call's number in w
+	in   *feed   // a client or bidirectional stream's input, or nil
+	live bool    // a stream is open in the worker
+	item []byte  // the answer to a pull
+
+	// cancelled is closed once the caller's ctx ended: host functions and
+	// fed items are refused from then on.
+	cancelled chan struct{}
+	once      sync.Once
+}
+
+func (h *PluginHandle) newConv(i int, m *MethodDesc) *conv {
+	return &conv{h: h, m: m, i: i, cancelled: make(chan struct{})}
+}
+
+// acquire gets the worker for the next exchange: any free one for the
+// first, numbering the call there, then the same one.
+func (c *conv) acquire(ctx context.Context) error {
+	if c.w != nil {
+		_, err := c.wp.acquire(ctx, c.w, nil)
+		return err
+	}
+	for {
+		wp := c.h.wk.pool()
+		w, err := wp.acquire(ctx, nil, nil)
+		if err == errRetired {
+			continue // a Reload put a new pool in place
+		}
+		if errors.Is(err, ErrClosed) {
+			return c.h.errClosed()
+		}
+		if err != nil {
+			return err
+		}
+		c.wp, c.w = wp, w
+		w.calls++
+		c.n = w.calls
+		return nil
+	}
+}
+
+// exchange sends one frame and reads until the answer, serving the host
+// calls and input pulls the plugin makes meanwhile. A successful answer's
+// payload is appended to into; an error is the call's. The worker is held
+// throughout, except while Go works out an answer for it.
+func (c *conv) exchange(kind, flags byte, payload []byte, into []byte) (frame, []byte, error) {
+	w := c.w
+	if err := w.send(kind, flags, uint16(c.i), payload); err != nil {
+		return frame{}, into, w.lost(err)
+	}
+	for {
+		f, out, err := w.read(into)
+		if err != nil {
+			return f, into, w.lost(err)
+		}
+		body := out[len(into):]
+		var (
+			k      byte
+			answer []byte
+		)
+		switch f.kind {
+		case fOK, fItem, fEnd, fDone:
+			return f, out, nil
+		case fHostCall:
+			k, answer = c.lend(func() (byte, []byte) { return c.hostCall(body) })
+		case fPull:
+			k, answer = c.lend(c.pull)
+		case fPluginErr:
+			return f, into, c.in.hostErrorOrNot(c.m, pluginErrorFrame(body))
+		case fOutputErr:
+			return f, into, fmt.Errorf("%w from method %q: %s", ErrOutputEncode, c.m.Name, body)
+		case fInputErr:
+			return f, into, fmt.Errorf("%w for method %q: %s", ErrInputDecode, c.m.Name, body)
+		case fCancelled:
+			return f, into, context.Canceled // the caller returns its ctx's own error
+		default:
+			return f, into, c.unexpected(f)
+		}
+		// Taken back from whatever ran in it meanwhile.
+		if _, err := c.wp.acquire(context.Background(), w, c); err != nil {
+			return f, into, err
+		}
+		if err := w.send(k, 0, 0, answer); err != nil {
+			return f, into, w.lost(err)
+		}
+	}
+}
+
+// lend runs f, Go's side of a question the plugin asked, with the worker
+// back in the pool: the worker waits for the answer, and meanwhile runs
+// any exchange it is handed, nested (a host function calling the plugin
+// back, an input iterator that reads another of its streams).
+func (c *conv) lend(f func() (byte, []byte)) (byte, []byte) {
+	c.wp.lend(c.w, c)
+	return f()
+}
+
+// hostCall runs a host function the plugin called: [interface, function,
+// args].
+func (c *conv) hostCall(body []byte) (byte, []byte) {
+	var req [3]json.RawMessage
+	var iface, fn string
+	if json.Unmarshal(body, &req) != nil || json.Unmarshal(req[0], &iface) != nil || json.Unmarshal(req[1], &fn) != nil {
+		out, _ := json.Marshal(map[string]string{"code": "HOST_ERROR", "message": "malformed host call"})
+		return fHostErr, out
+	}
+	select {
+	case <-c.cancelled:
+		out, _ := json.Marshal(map[string]string{"code": "CANCELLED", "message": "the call's context ended"})
+		return fHostErr, out
+	default:
+	}
+	out, ok := c.h.wk.hostBinding().call(iface, fn, req[2])
+	if !ok {
+		return fHostErr, out
+	}
+	return fHostOK, out
+}
+
+// pull answers a fed stream's next(): the host's next item, its end, or
+// its error's message.
+func (c *conv) pull() (byte, []byte) {
+	if c.in == nil {
+		return fFeedEnd, nil
+	}
+	select {
+	case <-c.cancelled:
+		return fFeedEnd, nil // once ctx ends, the plugin gets no more items
+	default:
+	}
+	item, status := c.in.next()
+	switch status {
+	case 0:
+		return fFeedEnd, nil
+	case -1:
+		return fFeedErr, item
+	}
+	return fFeed, item // checked by the worker, which counts the items
+}
+
+// unexpected ends a conversation that is out of step.
+func (c *conv) unexpected(f frame) error {
+	c.w.kill(fmt.Sprintf("it answered with a frame of kind %d", f.kind))
+	return c.w.lost(errors.New("protocol out of step"))
+}
+
+// pluginErrorFrame decodes a PLUGIN_ERR payload: code and message
+// lengths (u32 each), code, message, details JSON.
+func pluginErrorFrame(b []byte) error {
+	if len(b) < 8 {
+		return &PluginError{Code: "WorkerProtocol", Message: "malformed error frame"}
+	}
+	n1, n2 := int(binary.LittleEndian.Uint32(b)), int(binary.LittleEndian.Uint32(b[4:]))
+	b = b[8:]
+	if n1+n2 > len(b) {
+		return &PluginError{Code: "WorkerProtocol", Message: "malformed error frame"}
+	}
+	e := &PluginError{Code: string(b[:n1]), Message: string(b[n1 : n1+n2])}
+	if d := b[n1+n2:]; len(d) > 0 && string(d) != "null" {
+		e.Details = json.RawMessage(append([]byte(nil), d...))
+	}
+	return e
+}
+
+// hostErrorOrNot is hostError for a call with a host-fed stream.
+func (f *feed) hostErrorOrNot(m *MethodDesc, err error) error {
+	if f == nil {
+		return err
+	}
+	return f.hostError(m, err)
+}
+
+// step runs one exchange: on the caller's goroutine under a ctx that
+// cannot end, else on a goroutine of its own that the caller leaves when
+// ctx ends. Then the call is cancelled in the worker, which is killed if
+// it has not answered within workerGrace, and the conversation is
+// finished in the background. stayed is false when the caller left.
+func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte) (f frame, out []byte, err error, stayed bool) {
+	if err := c.acquire(ctx); err != nil {
+		return frame{}, into, err, true
+	}
+	if ctx.Done() == nil {
+		f, out, err = c.exchange(kind, flags, payload, into)
+		c.wp.release(c.w)
+		c.settle(kind, f, err)
+		return f, out, err, true
+	}
+	done := make(chan struct{})
+	go func() {
+		f, out, err = c.exchange(kind, flags, payload, into)
+		c.wp.release(c.w)
+		c.settle(kind, f, err)
+		close(done)
+	}()
+	select {
+	case <-done:
+		return f, out, err, true
+	case <-ctx.Done():
+	}
+	c.once.Do(func() { close(c.cancelled) })
+	if c.in != nil {
+		go c.in.stop() // an items blocked in a send must not hold up the kill
+	}
+	c.w.cancelCall(c.n)
+	go func() {
+		t := time.NewTimer(workerGrace)
+		select {
+		case <-done:
+		case <-t.C:
+			c.w.kill(fmt.Sprintf("its call of method %q did not stop within %v of its context ending", c.m.Name, workerGrace))
+			<-done
+		}
+		t.Stop()
+		c.finish()
+	}()
+	return f, into, nil, false
+}
+
+// settle notes what an exchange did to the call's stream: opened it, or
+// ended it (the worker drops a stream that ends, fails or is cancelled).
+func (c *conv) settle(kind byte, f frame, err error) {
+	switch {
+	case kind == fStream && err == nil && f.kind == fOK:
+		c.live = true
+		c.wp.mu.Lock()
+		c.w.streams++
+		c.wp.mu.Unlock()
+	case kind == fNext && (err != nil || f.kind != fItem) && c.live:
+		c.live = false
+		c.wp.streamEnded(c.w)
+	}
+}
+
+// finish closes a stream the worker still has open and stops the host's
+// items.
+func (c *conv) finish() {
+	if c.live {
+		c.live = false
+		t := time.AfterFunc(workerGrace, func() {
+			c.w.kill(fmt.Sprintf("closing the stream of method %q took longer than %v", c.m.Name, workerGrace))
+		})
+		if _, err := c.wp.acquire(context.Background(), c.w, nil); err == nil {
+			var num [8]byte
+			binary.LittleEndian.PutUint64(num[:], c.n)
+			c.exchange(fStop, 0, num[:], nil)
+			c.wp.release(c.w)
+		}
+		t.Stop()
+		c.wp.streamEnded(c.w)
+	}
+	if c.in != nil {
+		c.in.stop()
+		c.in.forget()
+	}
+}
+
+// workerCall is a unary call (typed, raw, or client-streaming) in worker
+// mode.
+func (h *PluginHandle) workerCall(ctx context.Context, i int, m *MethodDesc, kind callKind, dst, input []byte, items iter.Seq2[json.RawMessage, error]) ([]byte, error) {
+	if kind != rawCall {
+		if err := checkInput(m, input); err != nil {
+			return dst, err
+		}
+	}
+	c := h.newConv(i, m)
+	fk := fCall
+	switch kind {
+	case rawCall:
+		fk = fRaw
+	case clientStreamCall:
+		fk = fClient
+		c.in = newFeed(items)
+	}
+	f, out, err, stayed := c.step(ctx, fk, 0, input, dst)
+	if !stayed {
+		return dst, h.interrupted(m, ctx)
+	}
+	c.finish()
+	switch {
+	case err == context.Canceled:
+		return dst, h.interrupted(m, ctx)
+	case err != nil:
+		return dst, err
+	case f.kind != fOK:
+		return dst, c.unexpected(f)
+	case out == nil:
+		return []byte{}, nil // an empty result is empty, not nil
+	}
+	return out, nil
+}
+
+// workerStream runs a server or bidirectional stream in worker mode.
+func (h *PluginHandle) workerStream(ctx context.Context, i int, m *MethodDesc, input []byte, items iter.Seq2[json.RawMessage, error], yield func(json.RawMessage, error) bool) {
+	if err := checkInput(m, input); err != nil {
+		yield(nil, err)
+		return
+	}
+	c := h.newConv(i, m)
+	var flags byte
+	if items != nil {
+		flags = 1
+		c.in = newFeed(items)
+	}
+	f, _, err, stayed := c.step(ctx, fStream, flags, input, nil)
+	if !stayed {
+		yield(nil, h.interrupted(m, ctx))
+		return
+	}
+	if err == nil && f.kind != fOK {
+		err = c.unexpected(f)
+	}
+	var num [8]byte
+	binary.LittleEndian.PutUint64(num[:], c.n)
+	for err == nil {
+		var item []byte
+		f, item, err, stayed = c.step(ctx, fNext, 0, num[:], nil)
+		if !stayed {
+			yield(nil, h.interrupted(m, ctx))
+			return
+		}
+		if err != nil || f.kind == fEnd {
+			break
+		}
+		if f.kind != fItem {
+			err = c.unexpected(f)
+			break
+		}
+		if item == nil {
+			item = []byte{}
+		}
+		if !yield(item, nil) {
+			c.finish()
+			return
+		}
+	}
+	c.finish()
+	if err == context.Canceled {
+		err = h.interrupted(m, ctx)
+	}
+	if err != nil {
+		yield(nil, err)
+	}
+}
+
+// checkInput refuses typed input that is not one strict JSON value nested
+// at most maxDepth levels: nothing reaches the worker.
+func checkInput(m *MethodDesc, input []byte) error {
+	if len(input) == 0 {
+		return nil
+	}
+	depth, deepest := 0, 0
+	inString, escaped := false, false
+	for _, b := range input {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case b == '\\':
+				escaped = true
+			case b == '"':
+				inString = false
+			}
+		case b == '"':
+			inString = true
+		case b == '[' || b == '{':
+			depth++
+			deepest = max(deepest, depth)
+		case b == ']' || b == '}':
+			depth--
+		}
+	}
+	if deepest > maxDepth {
+		return fmt.Errorf("%w for method %q: JSON nests deeper than %d levels", ErrInputDecode, m.Name, maxDepth)
+	}
+	if !json.Valid(input) {
+		var v any
+		err := json.Unmarshal(input, &v)
+		var syn *json.SyntaxError
+		if errors.As(err, &syn) {
+			// Offset counts the bytes read, the bad one included.
+			return fmt.Errorf("%w for method %q: offset %d: %v", ErrInputDecode, m.Name, syn.Offset-1, err)
+		}
+		return fmt.Errorf("%w for method %q: %v", ErrInputDecode, m.Name, err)
+	}
+	return nil
+}
+
+// maxDepth is how deep a value may nest, each way (FIDIUS_MAX_DEPTH).
+const maxDepth = 1000
