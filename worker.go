@@ -29,6 +29,15 @@ import (
 //go:embed python/worker.py
 var workerSource string
 
+// workerBoot runs workerSource (its argument), after checking the Python
+// version with code any Python can parse: on an older one, the crash
+// error's stderr says why.
+const workerBoot = `import sys
+if sys.version_info < (3, 8):
+    sys.exit("fidius: worker processes need CPython 3.8 or later, not " + sys.version.split()[0])
+exec(compile(sys.argv[1], "<fidius-go>/worker.py", "exec"), {"__name__": "__fidius_worker__"})
+`
+
 // Frame kinds, as python/worker.py numbers them.
 const (
 	fLoad byte = iota + 1
@@ -137,6 +146,9 @@ type workerLoad struct {
 	// NoBytecode is the embedded interpreter's sys.dont_write_bytecode
 	// (PYTHONDONTWRITEBYTECODE, which -I makes the worker ignore).
 	NoBytecode bool `json:"no_bytecode"`
+	// Reload says the package may have changed since its bytecode was
+	// cached.
+	Reload bool `json:"reload"`
 }
 
 // WorkerCrashError is the error of a call whose worker process ended
@@ -200,7 +212,7 @@ func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 	}
 	outR, outW, _ := os.Pipe()
 	errR, errW, _ := os.Pipe()
-	cmd := exec.Command(cfg.python, "-I", "-c", workerSource)
+	cmd := exec.Command(cfg.python, "-I", "-c", workerBoot, workerSource)
 	cmd.Dir = p.dir
 	cmd.Env = os.Environ()
 	if cfg.memory > 0 {

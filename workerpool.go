@@ -82,7 +82,7 @@ func (p *plugin) loadWorkers(ctx context.Context, o loadOptions) (*PluginHandle,
 		}
 		cfg.python = py
 	}
-	wp, err := p.startPool(ctx, cfg, o.workers)
+	wp, err := p.startPool(ctx, cfg, o.workers, false)
 	if err != nil {
 		return nil, fmt.Errorf("loading package %s: %w", p.dir, err)
 	}
@@ -113,8 +113,8 @@ func (wp *workerPool) binding() (binding, error) {
 }
 
 // loadFrame is the payload of the LOAD frame for p.
-func (p *plugin) loadFrame() ([]byte, error) {
-	l := workerLoad{Dir: []byte(p.dir), Entry: p.entry, Hash: p.desc.InterfaceHash, Strict: p.strict, Helpers: hostSource, Pycache: pycacheDir()}
+func (p *plugin) loadFrame(reload bool) ([]byte, error) {
+	l := workerLoad{Dir: []byte(p.dir), Entry: p.entry, Hash: p.desc.InterfaceHash, Strict: p.strict, Helpers: hostSource, Pycache: pycacheDir(), Reload: reload}
 	for _, m := range p.desc.Methods {
 		l.Methods = append(l.Methods, [2]any{m.Name, m.Optional})
 	}
@@ -164,8 +164,8 @@ func sdkSourceMap() (map[string][2]any, error) {
 
 // startPool starts n workers at once. Under a ctx that ends first, the
 // ones started are stopped and the error is ctx's.
-func (p *plugin) startPool(ctx context.Context, cfg workerConfig, n int) (*workerPool, error) {
-	load, err := p.loadFrame()
+func (p *plugin) startPool(ctx context.Context, cfg workerConfig, n int, reload bool) (*workerPool, error) {
+	load, err := p.loadFrame(reload)
 	if err != nil {
 		return nil, err
 	}
@@ -516,7 +516,7 @@ func (wk *workers) pool() *workerPool {
 // pool's workers stop as their calls end. No call fails for the reload.
 func (h *PluginHandle) reloadWorkers(ctx context.Context) error {
 	old := h.wk.pool()
-	wp, err := h.plugin.startPool(ctx, old.cfg, old.size)
+	wp, err := h.plugin.startPool(ctx, old.cfg, old.size, true)
 	if err != nil {
 		return fmt.Errorf("reloading package %s: %w", h.plugin.dir, err)
 	}

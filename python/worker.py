@@ -416,6 +416,21 @@ owner = None  # the module, or the configured instance
 methods = []
 
 
+def _forget_bytecode(directory):
+    """Remove the package's cached bytecode before a reload imports it: an
+    edit within the same second that keeps a file's size would otherwise
+    pass the cache's check."""
+    import importlib.util
+
+    for root, _, files in os.walk(directory):
+        for name in files:
+            if name.endswith(".py"):
+                try:
+                    os.remove(importlib.util.cache_from_source(os.path.join(root, name)))
+                except (OSError, ValueError, NotImplementedError):
+                    pass
+
+
 def load(payload):
     global owner, methods, strict, host
     spec = json.loads(payload)
@@ -434,6 +449,8 @@ def load(payload):
     sys.dont_write_bytecode = spec["no_bytecode"]
     if sys.pycache_prefix is None and spec["pycache"]:
         sys.pycache_prefix = spec["pycache"]
+    if spec["reload"]:
+        _forget_bytecode(directory)
     for p in (directory, os.path.join(directory, "vendor")):
         if p not in sys.path:
             sys.path.insert(0, p)
