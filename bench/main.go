@@ -8,7 +8,10 @@
 //   - this library: CallJSON, Call[string] and CallRaw, from 1, 2 and 8
 //     goroutines on one handle;
 //   - a subprocess worker: a child of the same Python answering JSON
-//     lines (worker.py), the usual hand-written alternative.
+//     lines (worker.py), the usual hand-written alternative;
+//   - hashicorp/go-plugin: a Python plugin process serving the same
+//     functions over gRPC (goplugin/, a module of its own, run when that
+//     Python has grpc; its figures are printed in a table of their own).
 //
 // Run it with the library's build tags to measure another Python:
 //
@@ -112,6 +115,11 @@ func run(dir, pluginDir string) error {
 	if err != nil {
 		return err
 	}
+	gp, err := runGoPlugin(dir, pluginDir)
+	if err != nil {
+		return err
+	}
+	printGoPlugin(gp)
 	h, err := fidius.LoadPythonPlugin(pluginDir, desc)
 	if err != nil {
 		return err
@@ -476,6 +484,87 @@ func runSubprocess(dir, pluginDir string) (map[string]float64, error) {
 		res[key] = ns
 	}
 	return res, nil
+}
+
+// runGoPlugin builds and runs the hashicorp/go-plugin peer (goplugin/, a
+// module of its own so that the library's go.mod never gains go-plugin or
+// gRPC) and returns its figures by key: the row keys it shares with the
+// floor, crunch2 and rss. With no grpc for the library's Python, or no way
+// to build the peer (no module proxy, say), it says why on stdout and
+// returns nil: the peer is a comparison, not a part of the library.
+func runGoPlugin(dir, pluginDir string) (map[string]float64, error) {
+	py := pythonProgram()
+	if err := exec.Command(py, "-c", "import grpc").Run(); err != nil {
+		fmt.Printf("go-plugin peer: skipped, %s cannot import grpc (Debian: python3-grpcio)\n\n", py)
+		return nil, nil
+	}
+	tmp, err := os.MkdirTemp("", "fidius-bench-goplugin")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	peerDir := filepath.Join(dir, "goplugin")
+	bin := filepath.Join(tmp, "goplugin")
+	// Built, then run (not go run), so that a build failure is told apart
+	// from the peer's own. The library's build tags mean nothing to the
+	// peer's module, and it needs no cgo.
+	build := exec.Command("go", "build", "-buildvcs=false", "-o", bin, ".")
+	build.Dir = peerDir
+	build.Env = append(os.Environ(), "GOFLAGS=", "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		os.Stderr.Write(out)
+		fmt.Printf("go-plugin peer: skipped, go build in %s failed: %v\n\n", peerDir, err)
+		return nil, nil
+	}
+	// The peer runs in its own directory (it finds plugin.py there), so
+	// the plugin directory goes to it absolute.
+	abs, err := filepath.Abs(pluginDir)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "-plugin", abs, "-python", py, "-seconds", fmt.Sprint(*seconds))
+	cmd.Dir = peerDir
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("running the go-plugin peer: %w", err)
+	}
+	res := map[string]float64{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 {
+			res[f[0]], _ = strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return res, nil
+}
+
+// printGoPlugin prints the go-plugin peer's own figures; nil (skipped)
+// prints nothing.
+func printGoPlugin(gp map[string]float64) {
+	if gp == nil {
+		return
+	}
+	fmt.Println("hashicorp/go-plugin peer: the same Python functions in a plugin process over gRPC (bench/goplugin):")
+	fmt.Println()
+	fmt.Println("| call | plugin processes | goroutines | µs/call |")
+	fmt.Println("|---|--:|--:|--:|")
+	for _, r := range []struct {
+		call, key string
+		procs     int
+	}{
+		{"noop · JSON", "noop", 1},
+		{"greet · JSON", "greet", 1},
+		{"echo 64 B · raw bytes", "echo64", 1},
+		{"echo 1 MiB · raw bytes", "echo1m", 1},
+		{"crunch: 10,000-step Python loop · JSON", "crunch", 1},
+		{"crunch: 10,000-step Python loop · JSON", "crunch2", 2},
+	} {
+		fmt.Printf("| %s | %d | %d | %.1f |\n", r.call, r.procs, r.procs, gp[r.key]/1000)
+	}
+	fmt.Println()
+	fmt.Printf("crunch throughput, 2 processes ÷ 1: %.2fx; RSS of one plugin process: %.1f MiB\n\n",
+		gp["crunch"]/gp["crunch2"], gp["rss"]/(1<<20))
 }
 
 // pkgConfig asks pkg-config about the Python the library runs.
