@@ -207,26 +207,31 @@ func (f *feed) hostErrorOrNot(m *MethodDesc, err error) error {
 // ctx ends. Then the call is cancelled in the worker, which is killed if
 // it has not answered within workerGrace, and the conversation is
 // finished in the background. stayed is false when the caller left.
-func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte) (f frame, out []byte, err error, stayed bool) {
+func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte) (frame, []byte, error, bool) {
 	if err := c.acquire(ctx); err != nil {
 		return frame{}, into, err, true
 	}
 	if ctx.Done() == nil {
-		f, out, err = c.exchange(kind, flags, payload, into)
+		f, out, err := c.exchange(kind, flags, payload, into)
 		c.wp.release(c.w)
 		c.settle(kind, f, err)
 		return f, out, err, true
 	}
+	var (
+		f    frame
+		out  []byte
+		xerr error // not err: shared with the goroutine, which may outlive the caller
+	)
 	done := make(chan struct{})
 	go func() {
-		f, out, err = c.exchange(kind, flags, payload, into)
+		f, out, xerr = c.exchange(kind, flags, payload, into)
 		c.wp.release(c.w)
-		c.settle(kind, f, err)
+		c.settle(kind, f, xerr)
 		close(done)
 	}()
 	select {
 	case <-done:
-		return f, out, err, true
+		return f, out, xerr, true
 	case <-ctx.Done():
 	}
 	c.once.Do(func() { close(c.cancelled) })
@@ -245,7 +250,7 @@ func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte)
 		t.Stop()
 		c.finish()
 	}()
-	return f, into, nil, false
+	return frame{}, into, nil, false
 }
 
 // settle notes what an exchange did to the call's stream: opened it, or

@@ -11,7 +11,9 @@
 //     lines (worker.py), the usual hand-written alternative;
 //   - hashicorp/go-plugin: a Python plugin process serving the same
 //     functions over gRPC (goplugin/, a module of its own, run when that
-//     Python has grpc; its figures are printed in a table of their own).
+//     Python has grpc; its figures are printed in a table of their own);
+//   - this library's worker mode (WithWorkers): the same calls in worker
+//     processes, side by side with go-plugin and the subprocess worker.
 //
 // Run it with the library's build tags to measure another Python:
 //
@@ -169,6 +171,15 @@ func run(dir, pluginDir string) error {
 	}
 	checkTargets(rows, floor, sub)
 	if err := isolation(ctx, pluginDir, h); err != nil {
+		return err
+	}
+	appendIn := 0.0
+	for _, r := range rows {
+		if r.call == "echo 1 MiB · CallRawAppend" && r.goroutines == 1 {
+			appendIn = r.ns
+		}
+	}
+	if err := workers(ctx, pluginDir, sub, gp, appendIn); err != nil {
 		return err
 	}
 	if !*skipRSS {
@@ -712,4 +723,114 @@ func memoryGrowth(ctx context.Context, h *fidius.PluginHandle) error {
 	fmt.Printf("- RSS growth over 1,000,000 typed and 100,000 raw 64 KiB calls after warm-up: %.2f MiB (target at most 8 MiB) %s\n", growth, verdict)
 	fmt.Printf("  (Python allocated blocks: %d before, %d after)\n", blocksBefore, blocksAfter)
 	return nil
+}
+
+// workers measures worker mode (WithWorkers) against the go-plugin peer
+// (gp, nil when it was skipped), the subprocess worker (sub) and the
+// in-process CallRawAppend of 1 MiB (appendIn, ns per call).
+func workers(ctx context.Context, pluginDir string, sub, gp map[string]float64, appendIn float64) error {
+	one, err := fidius.LoadPythonPlugin(pluginDir, desc, fidius.WithWorkers(1))
+	if err != nil {
+		return err
+	}
+	defer one.Close()
+	two, err := fidius.LoadPythonPlugin(pluginDir, desc, fidius.WithWorkers(2))
+	if err != nil {
+		return err
+	}
+	defer two.Close()
+	small, big := make([]byte, 64), make([]byte, 1<<20)
+	greetIn, crunchIn := []byte(`["World"]`), []byte(`[10000]`)
+	typed := func(h *fidius.PluginHandle, m int, in []byte) func() func() error {
+		return func() func() error {
+			return func() error { _, err := h.CallJSON(ctx, m, in); return err }
+		}
+	}
+	raw := func(h *fidius.PluginHandle, in []byte) func() func() error {
+		return func() func() error {
+			buf := make([]byte, 0, len(in))
+			return func() error { _, err := h.CallRawAppend(ctx, mEcho, buf[:0], in); return err }
+		}
+	}
+	rows := []struct {
+		name, key string
+		workers   int
+		mk        func() func() error
+	}{
+		{"noop · CallJSON", "noop", 1, typed(one, mNoop, nil)},
+		{"greet · CallJSON", "greet", 1, typed(one, mGreet, greetIn)},
+		{"echo 64 B · CallRawAppend", "echo64", 1, raw(one, small)},
+		{"echo 1 MiB · CallRawAppend", "echo1m", 1, raw(one, big)},
+		{"crunch: 10,000-step Python loop · CallJSON", "crunch", 1, typed(one, mCrunch, crunchIn)},
+		{"crunch: 10,000-step Python loop · CallJSON", "crunch2", 2, typed(two, mCrunch, crunchIn)},
+	}
+	fmt.Println("Worker mode (WithWorkers): the same calls in worker processes, beside go-plugin and the subprocess worker (1 goroutine per worker):")
+	fmt.Println()
+	fmt.Println("| call | workers | worker mode µs/call | go-plugin µs/call | go-plugin ÷ worker mode | subprocess µs/call |")
+	fmt.Println("|---|--:|--:|--:|--:|--:|")
+	got := map[string]float64{}
+	for _, r := range rows {
+		v, err := measure(r.workers, r.mk)
+		if err != nil {
+			return fmt.Errorf("worker mode, %s: %w", r.name, err)
+		}
+		got[r.key] = v
+		peer, vs := "-", "-"
+		if gp != nil {
+			peer, vs = fmt.Sprintf("%.1f", gp[r.key]/1000), fmt.Sprintf("%.0fx", gp[r.key]/v)
+		}
+		subp := "-"
+		if s, ok := sub[r.key]; ok {
+			subp = fmt.Sprintf("%.1f", s/1000)
+		}
+		fmt.Printf("| %s | %d | %.1f | %s | %s | %s |\n", r.name, r.workers, v/1000, peer, vs, subp)
+	}
+	fmt.Println()
+	fmt.Printf("RSS of one worker process: %.1f MiB\n\n", float64(childRSS())/(1<<20)/3)
+	fmt.Println("Worker mode targets:")
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "MISSED"
+	}
+	if gp != nil {
+		for _, k := range []string{"noop", "echo64"} {
+			fmt.Printf("- %s, go-plugin ÷ worker mode: %.1fx (target at least 15x) %s\n", k, gp[k]/got[k], verdict(gp[k]/got[k] >= 15))
+		}
+	} else {
+		fmt.Println("- against go-plugin: not measured (the peer was skipped)")
+	}
+	for _, k := range []string{"noop", "greet", "echo64", "echo1m", "crunch"} {
+		fmt.Printf("- %s, subprocess worker ÷ worker mode: %.2fx (target at least 1x) %s\n", k, sub[k]/got[k], verdict(sub[k] >= got[k]))
+	}
+	fmt.Printf("- echo 1 MiB, worker mode ÷ in-process CallRawAppend: %.2fx (target at most 3x) %s\n", got["echo1m"]/appendIn, verdict(got["echo1m"] <= 3*appendIn))
+	fmt.Printf("- crunch throughput, 2 workers ÷ 1: %.2fx (target at least 1.7x) %s\n\n", got["crunch"]/got["crunch2"], verdict(got["crunch"]/got["crunch2"] >= 1.7))
+	return nil
+}
+
+// childRSS is the RSS of this process's children: its worker processes.
+func childRSS() int64 {
+	entries, _ := os.ReadDir("/proc")
+	var total int64
+	me := strconv.Itoa(os.Getpid())
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		if err != nil {
+			continue
+		}
+		var ppid, kb string
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "PPid:" {
+				ppid = f[1]
+			} else if len(f) >= 2 && f[0] == "VmRSS:" {
+				kb = f[1]
+			}
+		}
+		if ppid == me {
+			n, _ := strconv.ParseInt(kb, 10, 64)
+			total += n << 10
+		}
+	}
+	return total
 }
