@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"os"
 	"os/exec"
 	"runtime"
@@ -71,14 +72,18 @@ const (
 
 const (
 	frameHeader = 8 // payload length u32, kind u8, flags u8, method u16; little-endian
-	// spinFor is how long a read polls the socket before it blocks: a
-	// blocked reader's wake-up costs tens of microseconds, more than most
-	// calls take.
-	spinFor = 50 * time.Microsecond
+	// maxSpin is the longest a read polls the socket before it blocks (see
+	// fill); startSpin is how long the first read polls.
+	maxSpin   = 200 * time.Microsecond
+	startSpin = 50 * time.Microsecond
 	// smallFrame is the size below which a frame goes out in one write.
 	smallFrame = 64 << 10
 	// tailLines is how many lines of a worker's stderr a crash reports.
 	tailLines = 10
+	// shmMin is the size from which a payload travels through the shared
+	// file rather than the socket (SHM_MIN in python/worker.py).
+	shmMin  = 64 << 10
+	flagShm = 0x80
 	// exitMemory is the worker's exit status after a MemoryError under its
 	// memory limit (python/worker.py).
 	exitMemory = 75
@@ -88,12 +93,16 @@ const (
 // hands it out and takes it back (workerpool.go).
 type worker struct {
 	pid    int
-	fd     int      // our end of the socketpair; blocking
-	cancel *os.File // where the number of a call to cancel is written
-	calls  uint64   // calls started, as the worker counts them
-	rbuf   []byte   // read ahead
+	fd     int           // our end of the socketpair; blocking
+	cancel *os.File      // where the number of a call to cancel is written
+	calls  uint64        // calls started, as the worker counts them
+	spin   time.Duration // how long the next read polls before it blocks
+	rbuf   []byte        // read ahead
 	r0, r1 int
 	wbuf   []byte
+
+	shmFile *os.File // the file large payloads travel through (on tmpfs)
+	shm     []byte   // its mapping; nil until a large payload
 
 	exited chan struct{} // closed once the process is reaped
 	state  *os.ProcessState
@@ -210,6 +219,14 @@ func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 		syscall.Close(fds[0])
 		return nil, fmt.Errorf("%w: starting a worker: %v", ErrWorkerCrashed, err)
 	}
+	shmFile, err := sharedFile()
+	if err != nil {
+		child.Close()
+		syscall.Close(fds[0])
+		cancelR.Close()
+		cancelW.Close()
+		return nil, fmt.Errorf("%w: starting a worker: %v", ErrWorkerCrashed, err)
+	}
 	outR, outW, _ := os.Pipe()
 	errR, errW, _ := os.Pipe()
 	cmd := exec.Command(cfg.python, "-I", "-c", workerBoot, workerSource)
@@ -218,7 +235,7 @@ func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 	if cfg.memory > 0 {
 		cmd.Env = append(cmd.Env, "FIDIUS_WORKER_MEMORY="+strconv.FormatInt(cfg.memory, 10))
 	}
-	cmd.ExtraFiles = []*os.File{child, cancelR}
+	cmd.ExtraFiles = []*os.File{child, cancelR, shmFile}
 	cmd.Stdout, cmd.Stderr = outW, errW
 	// A process group of its own: a terminal's Ctrl-C goes to the host,
 	// which decides what its workers do. Killed when the host dies, even
@@ -231,11 +248,12 @@ func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 	if err != nil {
 		syscall.Close(fds[0])
 		cancelW.Close()
+		shmFile.Close()
 		outR.Close()
 		errR.Close()
 		return nil, fmt.Errorf("%w: starting worker %s: %v", ErrWorkerCrashed, cfg.python, err)
 	}
-	w := &worker{pid: cmd.Process.Pid, fd: fds[0], cancel: cancelW, rbuf: make([]byte, 64<<10), exited: make(chan struct{})}
+	w := &worker{pid: cmd.Process.Pid, fd: fds[0], spin: startSpin, cancel: cancelW, shmFile: shmFile, rbuf: make([]byte, 64<<10), exited: make(chan struct{})}
 	w.output.Add(2)
 	go w.log(p.logger, outR, "stdout")
 	go w.log(p.logger, errR, "stderr")
@@ -292,6 +310,22 @@ func spawn(f func()) {
 	<-done
 }
 
+// sharedFile makes the file a worker and the host share large payloads
+// through: on tmpfs (/dev/shm) where there is one, removed at once, so
+// that only the two processes' descriptors keep it.
+func sharedFile() (*os.File, error) {
+	dir := "/dev/shm"
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		dir = os.TempDir()
+	}
+	f, err := os.CreateTemp(dir, "fidius-worker-")
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name())
+	return f, nil
+}
+
 // log sends the worker's stdout or stderr to the logger, a line at a
 // time.
 func (w *worker) log(l *zap.Logger, r io.ReadCloser, stream string) {
@@ -332,10 +366,43 @@ func (w *worker) send(kind, flags byte, method uint16, payload []byte) error {
 		w.wbuf = append(append(w.wbuf[:0], h[:]...), payload...)
 		return w.write(w.wbuf)
 	}
-	if err := w.write(h[:]); err != nil {
+	m, err := w.shared(len(payload))
+	if err != nil {
 		return err
 	}
-	return w.write(payload)
+	copy(m, payload)
+	h[5] |= flagShm
+	return w.write(h[:])
+}
+
+// shared returns the region shared with the worker, mapped to at least
+// n bytes, enlarging the file if it is shorter. Either side enlarges it;
+// the other maps it again when it finds a payload past its mapping.
+func (w *worker) shared(n int) ([]byte, error) {
+	if len(w.shm) >= n {
+		return w.shm, nil
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(w.shmFile.Fd()), &st); err != nil {
+		return nil, err
+	}
+	size := int(st.Size)
+	if size < n {
+		size = 1 << bits.Len(uint(n-1))
+		if err := w.shmFile.Truncate(int64(size)); err != nil {
+			return nil, err
+		}
+	}
+	if w.shm != nil {
+		syscall.Munmap(w.shm)
+		w.shm = nil
+	}
+	m, err := syscall.Mmap(int(w.shmFile.Fd()), 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
+	if err != nil {
+		return nil, err
+	}
+	w.shm = m
+	return m, nil
 }
 
 func (w *worker) write(p []byte) error {
@@ -353,25 +420,52 @@ func (w *worker) write(p []byte) error {
 	return nil
 }
 
-// fill reads what the socket has into p, polling for spinFor before it
-// blocks.
-func (w *worker) fill(p []byte) (int, error) {
-	var end time.Time
-	for {
-		n, _, err := syscall.Recvfrom(w.fd, p, syscall.MSG_DONTWAIT)
-		if n > 0 {
-			return n, nil
-		}
-		if err == nil {
-			return 0, io.EOF
-		}
-		if err != syscall.EAGAIN && err != syscall.EINTR {
-			return 0, err
-		}
-		if end.IsZero() {
-			end = time.Now().Add(spinFor)
-		} else if time.Now().After(end) {
-			break
+// fill reads what the socket has into p. When nothing is there yet, it
+// polls for a while before it blocks, yielding the CPU between polls (to
+// the worker, on a busy machine): an answer that comes within the poll
+// never pays a sleeping reader's wake-up, tens of microseconds. How long
+// it polls follows the last wait: answers that take longer than
+// maxSpin (CPU-bound calls) are waited for without polling, so that two
+// workers computing on two cores do not share them with two pollers.
+//
+// first is a read of a new frame's header, the wait for an answer: only
+// its wait teaches how long to poll next time.
+func (w *worker) fill(p []byte, first bool) (int, error) {
+	n, _, err := syscall.Recvfrom(w.fd, p, syscall.MSG_DONTWAIT)
+	if n > 0 {
+		return n, nil
+	}
+	if err == nil {
+		return 0, io.EOF
+	}
+	if err != syscall.EAGAIN && err != syscall.EINTR {
+		return 0, err
+	}
+	start := time.Now()
+	spin := w.spin
+	if !first {
+		spin = startSpin // the rest of a frame on its way
+	}
+	if spin > 0 {
+		end := start.Add(spin)
+		for {
+			syscall.Syscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
+			n, _, err := syscall.Recvfrom(w.fd, p, syscall.MSG_DONTWAIT)
+			if n > 0 {
+				if first {
+					w.learn(time.Since(start))
+				}
+				return n, nil
+			}
+			if err == nil {
+				return 0, io.EOF
+			}
+			if err != syscall.EAGAIN && err != syscall.EINTR {
+				return 0, err
+			}
+			if time.Now().After(end) {
+				break
+			}
 		}
 	}
 	for {
@@ -379,10 +473,22 @@ func (w *worker) fill(p []byte) (int, error) {
 		if err == syscall.EINTR {
 			continue
 		}
+		if first {
+			w.learn(time.Since(start))
+		}
 		if n == 0 && err == nil {
 			return 0, io.EOF
 		}
 		return n, err
+	}
+}
+
+// learn sets how long the next wait polls from how long this one took.
+func (w *worker) learn(waited time.Duration) {
+	if waited > maxSpin {
+		w.spin = 0
+	} else {
+		w.spin = min(maxSpin, waited*3/2+10*time.Microsecond)
 	}
 }
 
@@ -393,7 +499,7 @@ func (w *worker) read(into []byte) (frame, []byte, error) {
 			w.r1 = copy(w.rbuf, w.rbuf[w.r0:w.r1])
 			w.r0 = 0
 		}
-		n, err := w.fill(w.rbuf[w.r1:])
+		n, err := w.fill(w.rbuf[w.r1:], w.r1 == w.r0)
 		if err != nil {
 			return frame{}, into, err
 		}
@@ -403,6 +509,14 @@ func (w *worker) read(into []byte) (frame, []byte, error) {
 	n := int(binary.LittleEndian.Uint32(h))
 	f := frame{kind: h[4], flags: h[5], method: binary.LittleEndian.Uint16(h[6:])}
 	w.r0 += frameHeader
+	if f.flags&flagShm != 0 {
+		f.flags &^= flagShm
+		m, err := w.shared(n)
+		if err != nil {
+			return f, into, err
+		}
+		return f, append(into, m[:n]...), nil
+	}
 	if n <= w.r1-w.r0 {
 		into = append(into, w.rbuf[w.r0:w.r0+n]...)
 		w.r0 += n
@@ -415,7 +529,7 @@ func (w *worker) read(into []byte) (frame, []byte, error) {
 	start := len(into)
 	into = growTo(into, start+n-have)
 	for got := have; got < n; {
-		k, err := w.fill(into[start+got-have : start+n-have])
+		k, err := w.fill(into[start+got-have:start+n-have], false)
 		if err != nil {
 			return f, into[:start], err
 		}
@@ -530,6 +644,11 @@ func (w *worker) close() {
 		syscall.Close(w.fd)
 		w.fd = -1
 		w.cancel.Close()
+		w.shmFile.Close()
+		if w.shm != nil {
+			syscall.Munmap(w.shm)
+			w.shm = nil
+		}
 	}
 	w.broken = true
 }

@@ -109,8 +109,8 @@ func TestWorkerCrashes(t *testing.T) {
 	h := crashPlugin(t, WithWorkerMemoryLimit(512<<20))
 	for _, c := range []struct {
 		name, method, args string
-		check          func(*WorkerCrashError) bool
-		want           string
+		check              func(*WorkerCrashError) bool
+		want               string
 	}{
 		{"segfault", "segfault", "", func(e *WorkerCrashError) bool { return e.Signal == syscall.SIGSEGV && e.ExitCode == -1 }, "killed by signal 11"},
 		{"os._exit", "exit_now", "[7]", func(e *WorkerCrashError) bool { return e.Signal == 0 && e.ExitCode == 7 }, "exited with status 7"},

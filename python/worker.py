@@ -5,6 +5,7 @@
 
 import binascii
 import json
+import mmap
 import os
 import select
 import signal
@@ -20,7 +21,8 @@ LOAD, CALL, RAW, STREAM, NEXT, STOP, FEED, FEED_END, FEED_ERR, HOST_OK, HOST_ERR
 # Worker to host.
 OK, PLUGIN_ERR, LOAD_ERR, OUTPUT_ERR, INPUT_ERR, ITEM, END, PULL, HOSTCALL, CANCELLED, READY, DONE = range(20, 32)
 
-SPIN_NS = 50_000  # how long a read polls before it blocks: wake-ups cost more
+SPIN_NS = 50_000  # how long the first read polls before it blocks: wake-ups cost more
+MAX_SPIN_NS = 200_000
 MAX_DEPTH = 1000
 
 
@@ -38,11 +40,20 @@ view = memoryview(buf)
 have = 0  # bytes read ahead into buf
 
 
-def _fill(v):
+spin = SPIN_NS
+_yield = os.sched_yield
+
+
+def _fill(v, first=False):
+    """Read what the socket has into v; when nothing is there yet, poll for
+    a while first, as the host does (worker.go's fill explains why; first
+    is the wait for a new frame, the only one it learns from)."""
+    global spin
     try:
         n = _recv_into(v)
     except BlockingIOError:
-        end = _perf() + SPIN_NS
+        start = _perf()
+        end = start + (spin if first else SPIN_NS)
         while True:
             try:
                 n = _recv_into(v)
@@ -50,29 +61,45 @@ def _fill(v):
             except BlockingIOError:
                 if _perf() > end:
                     _select([sock], [], [])
+                else:
+                    _yield()
+        if first:
+            waited = _perf() - start
+            spin = 0 if waited > MAX_SPIN_NS else min(MAX_SPIN_NS, waited * 3 // 2 + 10_000)
     if n == 0:
         raise Lost
     return n
 
 
+big = bytearray(0)  # kept for large payloads: fresh memory costs page faults
+
+
 def recv():
-    """Read one frame: (kind, flags, method, payload as bytes)."""
-    global buf, view, have
+    """Read one frame: (kind, flags, method, payload). A large payload is a
+    memoryview that the next recv() overwrites: callers decode or copy it
+    at once."""
+    global buf, view, have, big
     while have < HEADER.size:
-        have += _fill(view[have:])
+        have += _fill(view[have:], have == 0)
     n, kind, flags, method = HEADER.unpack_from(buf)
+    if flags & SHM:
+        have -= HEADER.size
+        if have:
+            buf[:have] = bytes(view[HEADER.size : HEADER.size + have])
+        return kind, flags & ~SHM, method, _shared(n)[:n]
     need = HEADER.size + n
     if need > len(buf):
         if n >= 1 << 16:
-            # A large payload is read into its own buffer, not copied twice.
-            payload = bytearray(n)
+            # Read straight into the kept buffer, not copied twice.
+            if len(big) < n:
+                big = bytearray(n)
+            pv = memoryview(big)[:n]
             got = have - HEADER.size
-            payload[:got] = view[HEADER.size:have]
-            pv = memoryview(payload)
+            pv[:got] = view[HEADER.size:have]
             while got < n:
                 got += _fill(pv[got:])
             have = 0
-            return kind, flags, method, payload
+            return kind, flags, method, pv
         grown = bytearray(need)
         grown[:have] = view[:have]
         buf, view = grown, memoryview(grown)
@@ -81,18 +108,44 @@ def recv():
     payload = bytes(view[HEADER.size:need])
     rest = have - need
     if rest:
-        buf[:rest] = view[need:have]
+        buf[:rest] = bytes(view[need:have])
     have = rest
     return kind, flags, method, payload
 
 
 def send(kind, payload=b"", method=0):
-    head = HEADER.pack(len(payload), kind, 0, method)
-    if len(payload) < 4096:
-        _sendall(head + payload)
-    else:
-        _sendall(head)
+    n = len(payload)
+    if n < 4096:
+        _sendall(HEADER.pack(n, kind, 0, method) + payload)
+    elif n < SHM_MIN:
+        _sendall(HEADER.pack(n, kind, 0, method))
         _sendall(payload)
+    else:
+        _shared(n)[:n] = payload
+        _sendall(HEADER.pack(n, kind, SHM, method))
+
+
+# Payloads of SHM_MIN bytes or more travel through a file both sides map
+# (fd 5, on tmpfs), which either side enlarges as it needs: one copy each
+# way instead of a trip through the socket's small buffer.
+SHM = 0x80
+SHM_MIN = 64 << 10
+SHM_FD = 5
+shm = None
+
+
+def _shared(n):
+    """The shared region, mapped to at least n bytes."""
+    global shm
+    if shm is not None and len(shm) >= n:
+        return memoryview(shm)
+    size = os.fstat(SHM_FD).st_size
+    if size < n:
+        size = 1 << (n - 1).bit_length()
+        os.ftruncate(SHM_FD, size)
+    # The old mapping is dropped, not closed: views of it may be alive.
+    shm = mmap.mmap(SHM_FD, size)
+    return memoryview(shm)
 
 
 def _sendall(data):
@@ -323,10 +376,14 @@ def _why(prefix, exc):
     return (text + ": " + s if s else text).encode("utf-8", "backslashreplace")
 
 
+def _loads(payload):
+    return json.loads(bytes(payload) if type(payload) is memoryview else payload)
+
+
 def decode_args(payload):
     if not payload:
         return ()
-    a = json.loads(payload)
+    a = _loads(payload)
     if type(a) is list:
         return a
     if a is None:
@@ -364,8 +421,8 @@ class _HostModule:
             send(HOSTCALL, encode([name, function, list(args)]))
             kind, payload = answer(HOST_OK, HOST_ERR)
         if kind == HOST_OK:
-            return True, json.loads(payload)
-        err = json.loads(payload)
+            return True, _loads(payload)
+        err = _loads(payload)
         return False, (err.get("code"), err.get("message"), err.get("details"))
 
 
@@ -401,7 +458,7 @@ class HostStream:
         if kind == FEED:
             self.count += 1
             try:
-                return json.loads(payload)
+                return _loads(payload)
             except ValueError as exc:
                 raise host.HostStreamError(
                     f"item {self.count} of the host's input stream is not valid JSON: {exc}"
@@ -409,7 +466,7 @@ class HostStream:
         self.done = True
         if kind == FEED_END:
             raise StopIteration
-        raise host.HostStreamError(payload.decode("utf-8", "replace"))
+        raise host.HostStreamError(bytes(payload).decode("utf-8", "replace"))
 
 
 owner = None  # the module, or the configured instance
@@ -433,7 +490,7 @@ def _forget_bytecode(directory):
 
 def load(payload):
     global owner, methods, strict, host
-    spec = json.loads(payload)
+    spec = _loads(payload)
     strict = spec["strict"]
     ns = {"__name__": "_fidius_host_helpers"}
     exec(compile(spec["helpers"], "<fidius-go>/host.py", "exec"), ns)
@@ -607,7 +664,11 @@ def call(n, kind, m, payload):
         if isinstance(res, bytes):
             return send(OK, res)
         try:
-            out = memoryview(res).tobytes()
+            out = memoryview(res)
+            try:
+                out = out.cast("B") if out.c_contiguous else out.tobytes()
+            except TypeError:
+                out = out.tobytes()
         except TypeError:
             return send(
                 OUTPUT_ERR,
