@@ -2,7 +2,7 @@
 // sign and verify a fidius package without writing a host.
 //
 //	fidius-py inspect [-v] [--timeout D] PATH    manifest, entry module, hash, methods
-//	fidius-py call [--raw|--stream] [--stdin-stream] [--config JSON] [--isolated] [-v] [--timeout D] PATH METHOD [INPUT]
+//	fidius-py call [--raw|--stream] [--stdin-stream] [--config JSON] [--isolated|--workers] [--python PY] [-v] [--timeout D] PATH METHOD [INPUT]
 //	fidius-py stub [--go] --interface FILE.toml  a Python module, or the Go descriptor, for an interface
 //	fidius-py hash --interface FILE.toml | SIGNATURE...
 //	                                             the interface hash and its signatures
@@ -68,7 +68,7 @@ func init() {
 		fs.Bool("v", false, "on an import error, show the traceback")
 		fs.Duration("timeout", 0, "give up importing the package after this long (such as 10s); 0 waits for ever")
 	}}
-	commands["call"] = command{"[--raw|--stream] [--stdin-stream] [--config JSON] [--isolated] [-v] [--timeout D] PATH METHOD [INPUT]", "load a package and call one of its methods", call, func(fs *flag.FlagSet) {
+	commands["call"] = command{"[--raw|--stream] [--stdin-stream] [--config JSON] [--isolated|--workers] [--python PY] [-v] [--timeout D] PATH METHOD [INPUT]", "load a package and call one of its methods", call, func(fs *flag.FlagSet) {
 		fs.Bool("raw", false, "raw-wire call: INPUT (or standard input when there is none) is passed to the method as bytes, as they are, not parsed as JSON; the result is written as bytes")
 		fs.Bool("stream", false, "streaming call, for a method that returns an iterator or generator: print each item on its own line")
 		fs.Bool("stdin-stream", false, "client-streaming call, for a method whose first argument is a stream: feed it standard input, one JSON value per line (INPUT, if given, is the other arguments); with --stream, a bidirectional call")
@@ -76,6 +76,8 @@ func init() {
 		fs.Bool("v", false, "on an error, show the plugin's error details and the Python traceback")
 		fs.Duration("timeout", 0, "give up loading and calling after this long in all (such as 10s); 0 waits for ever")
 		fs.Bool("isolated", false, "run the plugin in an isolated interpreter of its own (CPython 3.12 or later), as fidius.WithIsolation does")
+		fs.Bool("workers", false, "run the plugin in a worker process, as fidius.WithWorkers does")
+		fs.String("python", "", "the Python program the worker runs, such as a virtual environment's bin/python (implies --workers), as fidius.WithInterpreter")
 	}}
 	commands["stub"] = command{"[--go] --interface FILE.toml", "print a Python module with __interface_hash__ and one @method stub per method, or with --go the host's Go descriptor", stub, func(fs *flag.FlagSet) {
 		fs.String("interface", "", "TOML file describing the interface (required)")
@@ -355,36 +357,59 @@ func call(fs *flag.FlagSet, args []string, out io.Writer) error {
 	defer cleanup()
 	ctx, cancel := withTimeout(fs)
 	defer cancel()
-	r, err := fidius.InspectPythonPackageContext(ctx, dir)
-	if err != nil {
-		return err
-	}
 	method := args[1]
-	registered := slices.Contains(r.Methods, method)
-	// A configured plugin's methods are those of the object
-	// __fidius_configure__ returns, which need not be registered with
-	// @method: the load finds out whether it has one.
-	if !registered && !configured {
-		return fmt.Errorf("method %q is not registered in %s (%s)", method, args[0], registeredList(r.Methods))
-	}
 	// The descriptor holds the one method called: the load checks only it.
 	desc := &fidius.InterfaceDescriptor{
-		InterfaceName: r.Manifest.Package.Interface,
-		InterfaceHash: r.InterfaceHash,
-		Methods:       []fidius.MethodDesc{{Name: method, WireRaw: raw, Streaming: stream, ClientStreaming: fed}},
+		Methods: []fidius.MethodDesc{{Name: method, WireRaw: raw, Streaming: stream, ClientStreaming: fed}},
 	}
 	var opts []fidius.Option
 	if flagValue[bool](fs, "isolated") {
 		opts = append(opts, fidius.WithIsolation(1))
 	}
-	var h *fidius.PluginHandle
-	if configured {
-		h, err = fidius.LoadPythonPluginConfiguredContext(ctx, dir, desc, json.RawMessage(config), opts...)
+	python := flagValue[string](fs, "python")
+	workers := flagValue[bool](fs, "workers") || python != ""
+	var registered []string
+	if workers {
+		// The package is imported in the worker only: its Python may
+		// have what this program's does not. The hash is the one the
+		// package declares, as the load reports it.
+		m, err := fidius.LoadManifest(dir)
+		if err != nil {
+			return err
+		}
+		desc.InterfaceName = m.Package.Interface
+		opts = append(opts, fidius.WithWorkers(1))
+		if python != "" {
+			opts = append(opts, fidius.WithInterpreter(python))
+		}
 	} else {
-		h, err = fidius.LoadPythonPluginContext(ctx, dir, desc, opts...)
+		r, err := fidius.InspectPythonPackageContext(ctx, dir)
+		if err != nil {
+			return err
+		}
+		registered = r.Methods
+		// A configured plugin's methods are those of the object
+		// __fidius_configure__ returns, which need not be registered with
+		// @method: the load finds out whether it has one.
+		if !slices.Contains(r.Methods, method) && !configured {
+			return fmt.Errorf("method %q is not registered in %s (%s)", method, args[0], registeredList(r.Methods))
+		}
+		desc.InterfaceName, desc.InterfaceHash = r.Manifest.Package.Interface, r.InterfaceHash
 	}
-	if errors.Is(err, fidius.ErrMethodNotRegistered) {
-		return fmt.Errorf("%w (%s)", err, registeredList(r.Methods))
+	load := func() (*fidius.PluginHandle, error) {
+		if configured {
+			return fidius.LoadPythonPluginConfiguredContext(ctx, dir, desc, json.RawMessage(config), opts...)
+		}
+		return fidius.LoadPythonPluginContext(ctx, dir, desc, opts...)
+	}
+	h, err := load()
+	var mismatch *fidius.HashMismatchError
+	if workers && errors.As(err, &mismatch) {
+		desc.InterfaceHash = mismatch.Got
+		h, err = load()
+	}
+	if errors.Is(err, fidius.ErrMethodNotRegistered) && !workers {
+		return fmt.Errorf("%w (%s)", err, registeredList(registered))
 	}
 	if err != nil {
 		return err

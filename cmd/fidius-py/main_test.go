@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"go/ast"
 	"go/format"
@@ -926,4 +927,32 @@ def interpreter():
 	if code != 0 || out != "0\n" {
 		t.Fatalf("call without --isolated ran in interpreter %q: exit %d, %q", out, code, errs)
 	}
+}
+
+func TestCallWorkers(t *testing.T) {
+	pkg := writePlugin(t, "fidius_py_workers", `__interface_hash__ = 1
+import os, sys
+from fidius import method
+
+@method
+def where(n):
+    return [os.getpid(), n + 1, sys.executable]
+`)
+	out, errs, code := cli(t, "", "call", "--workers", pkg, "where", "[41]")
+	var got []any
+	if code != 0 || json.Unmarshal([]byte(out), &got) != nil || len(got) != 3 {
+		t.Fatalf("call --workers: exit %d, %q, %q", code, out, errs)
+	}
+	if pid := int(got[0].(float64)); pid == os.Getpid() || got[1] != 42.0 {
+		t.Fatalf("call --workers ran in pid %v (this is %d): %v", got[0], os.Getpid(), got)
+	}
+	// --python names the worker's Python.
+	py := got[2].(string)
+	out, errs, code = cli(t, "", "call", "--python", py, pkg, "where", "[1]")
+	if code != 0 || !strings.Contains(out, py) {
+		t.Fatalf("call --python %s: exit %d, %q, %q", py, code, out, errs)
+	}
+	// A method the package does not have is a one-line error.
+	out, errs, code = cli(t, "", "call", "--workers", pkg, "nowhere")
+	oneLineError(t, out, errs, code, `method "nowhere"`)
 }
