@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 // Sentinel errors, one per kind, for errors.Is. Every error the library
@@ -183,3 +184,42 @@ func (e *ImportError) Error() string {
 
 // Unwrap returns ErrImportFailed.
 func (e *ImportError) Unwrap() error { return ErrImportFailed }
+
+// WorkerCrashError is the error of a call whose worker process ended
+// before answering: it crashed, called os._exit, ran out of its memory
+// limit, or was killed by the library (a call that did not stop after
+// its context ended). It matches ErrWorkerCrashed. The worker is replaced;
+// other calls and later calls are not affected.
+type WorkerCrashError struct {
+	// Pid is the worker's process id.
+	Pid int
+	// ExitCode is the process's exit status, or -1 if a signal ended it.
+	ExitCode int
+	// Signal is the signal that ended the process, or 0.
+	Signal syscall.Signal
+	// Reason says why the process ended when the library knows: the
+	// library killed it, or it exceeded its memory limit.
+	Reason string
+	// Stderr is the last lines the process wrote to stderr (a Python
+	// traceback, a fatal error), which also went to the logger.
+	Stderr string
+}
+
+// Error names the process and how it ended.
+func (e *WorkerCrashError) Error() string {
+	how := fmt.Sprintf("exited with status %d", e.ExitCode)
+	if e.Signal != 0 {
+		how = fmt.Sprintf("was killed by signal %d (%s)", int(e.Signal), e.Signal)
+	}
+	s := fmt.Sprintf("%s: worker process %d %s", ErrWorkerCrashed, e.Pid, how)
+	if e.Reason != "" {
+		s += ": " + e.Reason
+	}
+	if e.Stderr != "" {
+		s += "; its stderr ended with:\n" + e.Stderr
+	}
+	return s
+}
+
+// Unwrap returns ErrWorkerCrashed.
+func (e *WorkerCrashError) Unwrap() error { return ErrWorkerCrashed }

@@ -1,3 +1,5 @@
+//go:build cgo
+
 // This file owns one worker process: starting a Python child that runs
 // the embedded python/worker.py, the frames exchanged with it over a
 // socketpair (docs/workers.md), its output sent to the logger, and its
@@ -159,45 +161,6 @@ type workerLoad struct {
 	// cached.
 	Reload bool `json:"reload"`
 }
-
-// WorkerCrashError is the error of a call whose worker process ended
-// before answering: it crashed, called os._exit, ran out of its memory
-// limit, or was killed by the library (a call that did not stop after
-// its context ended). It matches ErrWorkerCrashed. The worker is replaced;
-// other calls and later calls are not affected.
-type WorkerCrashError struct {
-	// Pid is the worker's process id.
-	Pid int
-	// ExitCode is the process's exit status, or -1 if a signal ended it.
-	ExitCode int
-	// Signal is the signal that ended the process, or 0.
-	Signal syscall.Signal
-	// Reason says why the process ended when the library knows: the
-	// library killed it, or it exceeded its memory limit.
-	Reason string
-	// Stderr is the last lines the process wrote to stderr (a Python
-	// traceback, a fatal error), which also went to the logger.
-	Stderr string
-}
-
-// Error names the process and how it ended.
-func (e *WorkerCrashError) Error() string {
-	how := fmt.Sprintf("exited with status %d", e.ExitCode)
-	if e.Signal != 0 {
-		how = fmt.Sprintf("was killed by signal %d (%s)", int(e.Signal), e.Signal)
-	}
-	s := fmt.Sprintf("%s: worker process %d %s", ErrWorkerCrashed, e.Pid, how)
-	if e.Reason != "" {
-		s += ": " + e.Reason
-	}
-	if e.Stderr != "" {
-		s += "; its stderr ended with:\n" + e.Stderr
-	}
-	return s
-}
-
-// Unwrap returns ErrWorkerCrashed.
-func (e *WorkerCrashError) Unwrap() error { return ErrWorkerCrashed }
 
 // workerConfig is what every worker of a plugin is started with.
 type workerConfig struct {

@@ -1,3 +1,5 @@
+//go:build cgo
+
 // Tests of what worker mode (WithWorkers) gives that in-process plugins
 // cannot: crashes, os._exit, memory limits and C code past a deadline
 // cost one call, not the host; any Python; calls on several cores. The

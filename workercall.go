@@ -1,3 +1,5 @@
+//go:build cgo
+
 // This file owns calls in worker mode: each call's conversation with a
 // worker as frames, the host functions and host-fed items it serves
 // meanwhile, cancellation by signal with a kill after a grace period, and
