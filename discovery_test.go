@@ -93,7 +93,7 @@ func TestHostDiscovery(t *testing.T) {
 	}
 
 	for name, want := range map[string]string{"alpha": "alpha greets Go", "beta": "beta greets Go"} {
-		p, err := h.Load(name, greeterDesc)
+		p, err := h.Load(name, greeterDesc, modeOptions...)
 		if err != nil {
 			t.Fatalf("Load(%s): %v", name, err)
 		}

@@ -88,6 +88,15 @@
 // only while Python runs, so plugin code runs one call at a time while Go
 // code around it runs in parallel.
 //
+// # Worker processes
+//
+// WithWorkers runs a plugin in child processes of a Python program (the
+// linked CPython's, or the one WithInterpreter names, such as a virtual
+// environment's) instead, behind the same PluginHandle: a crash,
+// os._exit, a memory limit or C code past a deadline costs one call and
+// a replaced worker (*WorkerCrashError, ErrWorkerCrashed), and n workers
+// run n calls at once. A call then costs about ten microseconds.
+//
 // All plugins share one sys.modules. A package whose entry module has the
 // name of a module already imported from elsewhere is refused with
 // ErrModuleConflict, and whichever copy of the fidius SDK is imported first
