@@ -88,6 +88,12 @@
 // only while Python runs, so plugin code runs one call at a time while Go
 // code around it runs in parallel.
 //
+// All plugins share one sys.modules. A package whose entry module has the
+// name of a module already imported from elsewhere is refused with
+// ErrModuleConflict, and whichever copy of the fidius SDK is imported first
+// serves every plugin. The library embeds the
+// SDK, found after every plugin directory, for plugins that do not vendor it.
+//
 // # Worker processes
 //
 // WithWorkers runs a plugin in child processes of a Python program (the
@@ -96,10 +102,4 @@
 // os._exit, a memory limit or C code past a deadline costs one call and
 // a replaced worker (*WorkerCrashError, ErrWorkerCrashed), and n workers
 // run n calls at once. A call then costs about ten microseconds.
-//
-// All plugins share one sys.modules. A package whose entry module has the
-// name of a module already imported from elsewhere is refused with
-// ErrModuleConflict, and whichever copy of the fidius SDK is imported first
-// serves every plugin. The library embeds the
-// SDK, found after every plugin directory, for plugins that do not vendor it.
 package fidius
