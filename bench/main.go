@@ -433,14 +433,7 @@ func runFloor(dir, pluginDir string) (map[string]float64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("running floor: %w", err)
 	}
-	res := map[string]float64{}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 2 {
-			res[f[0]], _ = strconv.ParseFloat(f[1], 64)
-		}
-	}
-	return res, nil
+	return figures(out), nil
 }
 
 // runSubprocess times the JSON-lines worker for each row key.
@@ -540,14 +533,7 @@ func runGoPlugin(dir, pluginDir string) (map[string]float64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("running the go-plugin peer: %w", err)
 	}
-	res := map[string]float64{}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 2 {
-			res[f[0]], _ = strconv.ParseFloat(f[1], 64)
-		}
-	}
-	return res, nil
+	return figures(out), nil
 }
 
 // printGoPlugin prints the go-plugin peer's own figures; nil (skipped)
@@ -839,4 +825,17 @@ func childRSS() int64 {
 		}
 	}
 	return total
+}
+
+// figures reads "key value" lines, as floor and the go-plugin peer print
+// them.
+func figures(out []byte) map[string]float64 {
+	res := map[string]float64{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 {
+			res[f[0]], _ = strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return res
 }
