@@ -128,7 +128,8 @@ func WithIsolation(n int) Option {
 // call it was running fails, with a *WorkerCrashError. A call costs tens
 // of microseconds rather than nanoseconds: see Worker processes in the
 // README. The Python is the one WithInterpreter names, or by default the
-// python3 of the linked CPython (its sys.executable).
+// python3 of the linked CPython (its sys.executable). WithIsolation has no
+// effect with it: each worker is a process of its own.
 func WithWorkers(n int) Option {
 	return func(o *loadOptions) { o.workers = max(n, 1) }
 }
