@@ -10,6 +10,7 @@ package fidius
 
 import (
 	"bufio"
+	"context"
 	_ "embed"
 	"encoding/binary"
 	"encoding/json"
@@ -95,6 +96,7 @@ const (
 // hands it out and takes it back (workerpool.go).
 type worker struct {
 	pid    int
+	proc   *os.Process   // signalled through a pidfd: never another process that got the pid
 	fd     int           // our end of the socketpair; blocking
 	cancel *os.File      // where the number of a call to cancel is written
 	calls  uint64        // calls started, as the worker counts them
@@ -170,7 +172,10 @@ type workerConfig struct {
 
 // startWorker starts a process and loads the plugin in it. The error is
 // the load's, as the in-process loader would report it.
-func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
+//
+// When ctx ends first, the process is killed (the plugin's top level may
+// never return) and the error is ctx's.
+func startWorker(ctx context.Context, p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("%w: starting a worker: socketpair: %v", ErrWorkerCrashed, err)
@@ -216,7 +221,7 @@ func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 		errR.Close()
 		return nil, fmt.Errorf("%w: starting worker %s: %v", ErrWorkerCrashed, cfg.python, err)
 	}
-	w := &worker{pid: cmd.Process.Pid, fd: fds[0], spin: startSpin, cancel: cancelW, shmFile: shmFile, rbuf: make([]byte, 64<<10), exited: make(chan struct{})}
+	w := &worker{pid: cmd.Process.Pid, proc: cmd.Process, fd: fds[0], spin: startSpin, cancel: cancelW, shmFile: shmFile, rbuf: make([]byte, 64<<10), exited: make(chan struct{})}
 	w.output.Add(2)
 	go w.log(p.logger, outR, "stdout")
 	go w.log(p.logger, errR, "stderr")
@@ -229,11 +234,16 @@ func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 		w.mu.Unlock()
 		close(w.exited)
 	}()
+	stop := context.AfterFunc(ctx, func() { w.kill("its load was abandoned: the context ended") })
+	defer stop()
 	if err := w.send(fLoad, 0, 0, load); err != nil {
 		return nil, w.lost(err)
 	}
 	f, payload, err := w.read(nil)
 	switch {
+	case err != nil && ctx.Err() != nil:
+		w.lost(err)
+		return nil, ctx.Err()
 	case err != nil:
 		return nil, w.lost(err)
 	case f.kind == fLoadErr:
@@ -455,7 +465,10 @@ func (w *worker) learn(waited time.Duration) {
 	}
 }
 
-// read reads one frame, appending its payload to into.
+// read reads one frame. The payload of a result or an item is appended to
+// into (the caller's buffer, for CallRawAppend); any other frame's is in a
+// slice of its own, returned whole: a host call's arguments or an error
+// never land in the caller's buffer.
 func (w *worker) read(into []byte) (frame, []byte, error) {
 	for w.r1-w.r0 < frameHeader {
 		if w.r0 > 0 {
@@ -472,6 +485,9 @@ func (w *worker) read(into []byte) (frame, []byte, error) {
 	n := int(binary.LittleEndian.Uint32(h))
 	f := frame{kind: h[4], flags: h[5], method: binary.LittleEndian.Uint16(h[6:])}
 	w.r0 += frameHeader
+	if f.kind != fOK && f.kind != fItem {
+		into = nil
+	}
 	if f.flags&flagShm != 0 {
 		f.flags &^= flagShm
 		m, err := w.shared(n)
@@ -511,11 +527,20 @@ func growTo(b []byte, n int) []byte {
 
 // cancelCall asks the worker to raise CallCancelled into call number n, if
 // it is still running it.
+//
+// The write never waits: a worker that never reads the pipe (its plugin
+// blocked the signal) must not hold up the caller once the pipe is full;
+// that worker is killed at the deadline anyway.
 func (w *worker) cancelCall(n uint64) {
 	var b [8]byte
 	binary.LittleEndian.PutUint64(b[:], n)
-	w.cancel.Write(b[:])
-	syscall.Kill(w.pid, syscall.SIGUSR1)
+	if rc, err := w.cancel.SyscallConn(); err == nil {
+		rc.Write(func(fd uintptr) bool {
+			syscall.Write(int(fd), b[:])
+			return true // written or not, no waiting
+		})
+	}
+	w.proc.Signal(syscall.SIGUSR1)
 }
 
 // kill ends the process, saying why.
@@ -526,7 +551,7 @@ func (w *worker) kill(reason string) {
 	}
 	w.broken = true
 	w.mu.Unlock()
-	syscall.Kill(w.pid, syscall.SIGKILL)
+	w.proc.Signal(syscall.SIGKILL)
 }
 
 // lost is the error of an exchange that failed (the socket closed or

@@ -87,7 +87,7 @@ func (c *conv) exchange(kind, flags byte, payload []byte, into []byte) (frame, [
 		if err != nil {
 			return f, into, w.lost(err)
 		}
-		body := out[len(into):]
+		body := out // the whole payload, but for a result or an item
 		var (
 			k      byte
 			answer []byte
@@ -242,17 +242,33 @@ func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte)
 	}
 	c.w.cancelCall(c.n)
 	go func() {
-		t := time.NewTimer(workerGrace)
-		select {
-		case <-done:
-		case <-t.C:
-			c.w.kill(fmt.Sprintf("its call of method %q did not stop within %v of its context ending", c.m.Name, workerGrace))
-			<-done
-		}
-		t.Stop()
+		c.await(done, fmt.Sprintf("its call of method %q did not stop within %v of its context ending", c.m.Name, workerGrace))
 		c.finish()
 	}()
 	return frame{}, into, nil, false
+}
+
+// await waits for done, killing the worker if it has spent workerGrace
+// on the call meanwhile. Time the call waits for Go, with its worker lent
+// (see lend), does not count: the worker is not stuck, it runs other
+// calls, and the cancellation is raised once the call has its answer.
+func (c *conv) await(done chan struct{}, reason string) {
+	t := time.NewTimer(workerGrace)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		if c.wp.isLent(c.w, c) {
+			t.Reset(workerGrace)
+			continue
+		}
+		c.w.kill(reason)
+		<-done
+		return
+	}
 }
 
 // settle notes what an exchange did to the call's stream: opened it, or
@@ -275,16 +291,17 @@ func (c *conv) settle(kind byte, f frame, err error) {
 func (c *conv) finish() {
 	if c.live {
 		c.live = false
-		t := time.AfterFunc(workerGrace, func() {
-			c.w.kill(fmt.Sprintf("closing the stream of method %q took longer than %v", c.m.Name, workerGrace))
-		})
 		if _, err := c.wp.acquire(context.Background(), c.w, nil); err == nil {
-			var num [8]byte
-			binary.LittleEndian.PutUint64(num[:], c.n)
-			c.exchange(fStop, 0, num[:], nil)
-			c.wp.release(c.w)
+			done := make(chan struct{})
+			go func() {
+				var num [8]byte
+				binary.LittleEndian.PutUint64(num[:], c.n)
+				c.exchange(fStop, 0, num[:], nil)
+				c.wp.release(c.w)
+				close(done)
+			}()
+			c.await(done, fmt.Sprintf("closing the stream of method %q took longer than %v", c.m.Name, workerGrace))
 		}
-		t.Stop()
 		c.wp.streamEnded(c.w)
 	}
 	if c.in != nil {
@@ -348,12 +365,22 @@ func (h *PluginHandle) workerStream(ctx context.Context, i int, m *MethodDesc, i
 	if err == nil && f.kind != fOK {
 		err = c.unexpected(f)
 	}
+	// A loop body that panics, or leaves the loop, closes the stream all
+	// the same; a stream the caller left as ctx ended is closed in the
+	// background instead.
+	closed := false
+	defer func() {
+		if !closed {
+			c.finish()
+		}
+	}()
 	var num [8]byte
 	binary.LittleEndian.PutUint64(num[:], c.n)
 	for err == nil {
 		var item []byte
 		f, item, err, stayed = c.step(ctx, fNext, 0, num[:], nil)
 		if !stayed {
+			closed = true
 			yield(nil, h.interrupted(m, ctx))
 			return
 		}
@@ -368,10 +395,10 @@ func (h *PluginHandle) workerStream(ctx context.Context, i int, m *MethodDesc, i
 			item = []byte{}
 		}
 		if !yield(item, nil) {
-			c.finish()
 			return
 		}
 	}
+	closed = true
 	c.finish()
 	if err == context.Canceled {
 		err = h.interrupted(m, ctx)

@@ -177,7 +177,7 @@ func (p *plugin) startPool(ctx context.Context, cfg workerConfig, n int, reload 
 	results := make(chan started, n)
 	for range n {
 		go func() {
-			w, err := startWorker(p, cfg, load)
+			w, err := startWorker(ctx, p, cfg, load)
 			results <- started{w, err}
 		}()
 	}
@@ -377,6 +377,18 @@ func (wp *workerPool) handLocked(w *worker) bool {
 	return true
 }
 
+// isLent reports whether c's exchange has lent w and waits for Go.
+func (wp *workerPool) isLent(w *worker, c *conv) bool {
+	wp.mu.Lock()
+	defer wp.mu.Unlock()
+	for _, x := range w.lent {
+		if x == c {
+			return true
+		}
+	}
+	return false
+}
+
 // lend hands back a worker whose exchange c waits for Go: it takes it
 // back with acquire(ctx, w, c).
 func (wp *workerPool) lend(w *worker, c *conv) {
@@ -423,7 +435,7 @@ func (wp *workerPool) streamEnded(w *worker) {
 
 // replace starts a worker in place of one that ended.
 func (wp *workerPool) replace() {
-	w, err := startWorker(wp.p, wp.cfg, wp.load)
+	w, err := startWorker(context.Background(), wp.p, wp.cfg, wp.load)
 	if err != nil {
 		wp.p.logger.Error("a worker could not be replaced", zap.String("package", wp.p.dir), zap.Error(err))
 	}
