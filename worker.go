@@ -226,6 +226,12 @@ func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 		w.state = cmd.ProcessState
 		w.mu.Lock()
 		w.broken = true
+		if w.fd >= 0 {
+			// A process the worker forked may still hold its end of the
+			// socket: a read waiting for the worker's answer must end now,
+			// not when that process exits.
+			syscall.Shutdown(w.fd, syscall.SHUT_RDWR)
+		}
 		w.mu.Unlock()
 		close(w.exited)
 	}()
@@ -553,17 +559,7 @@ func (w *worker) crash() error {
 			<-w.exited
 		}
 		w.close()
-		// The last lines of stderr, once the pipe is drained; a
-		// grandchild that keeps it open is not waited for.
-		drained := make(chan struct{})
-		go func() {
-			w.output.Wait()
-			close(drained)
-		}()
-		select {
-		case <-drained:
-		case <-time.After(100 * time.Millisecond):
-		}
+		w.drain()
 		st := w.state
 		e := &WorkerCrashError{Pid: w.pid, ExitCode: st.ExitCode()}
 		if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -596,7 +592,22 @@ func (w *worker) stop() {
 		w.kill("it did not exit when its handle was closed")
 		<-w.exited
 	}
-	w.output.Wait()
+	w.drain()
+}
+
+// drain waits for the goroutines copying the exited worker's stdout and
+// stderr to reach the end of the pipes, for the last lines; a process the
+// worker forked that keeps them open is not waited for.
+func (w *worker) drain() {
+	drained := make(chan struct{})
+	go func() {
+		w.output.Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(100 * time.Millisecond):
+	}
 }
 
 // close releases our ends of the socket and the cancel pipe, once.
