@@ -261,6 +261,8 @@ def echo(x):
     return x
 def big(n):
     return "x" * n
+def raw_echo(b):
+    return b
 def nap(s):
     time.sleep(s)
     return s
@@ -299,6 +301,10 @@ def close_shm_and_open():
 def garbage(data):
     os.write(3, bytes(data))
     return "after the garbage"
+def shrink_shared():
+    os.ftruncate(5, 0)
+def inherited():
+    return os.system("test -e /proc/self/fd/3 || test -e /proc/self/fd/4 || test -e /proc/self/fd/5")
 def read_protocol():
     return len(os.read(3, 8))
 def read_protocol_blocking():
@@ -310,8 +316,9 @@ func rvHostilePlugin(t *testing.T, opts ...Option) (*PluginHandle, string) {
 	t.Helper()
 	var methods []MethodDesc
 	for _, name := range []string{"pid", "echo", "big", "nap", "own_handler", "default_handler", "ignore", "block", "setsid",
-		"fork_linger", "fork_then_exit", "close_fd", "close_shm_and_open", "garbage", "read_protocol", "read_protocol_blocking"} {
-		methods = append(methods, MethodDesc{Name: name})
+		"fork_linger", "fork_then_exit", "close_fd", "close_shm_and_open", "garbage", "read_protocol", "read_protocol_blocking",
+		"shrink_shared", "inherited", "raw_echo"} {
+		methods = append(methods, MethodDesc{Name: name, WireRaw: name == "raw_echo"})
 	}
 	dir, d := simplePlugin(t, rvHostileSource, methods...)
 	return loadWorkers(t, dir, d, opts...), dir
@@ -431,6 +438,32 @@ func TestReviewHostileForkThenExit(t *testing.T) {
 	wantWorks(t, h)
 }
 
+// A plugin that shrinks the shared file under the host's mapping: the
+// host must not die of SIGBUS.
+func TestReviewHostileShrinksSharedFile(t *testing.T) {
+	if !inGuard(t, 30*time.Second) {
+		return
+	}
+	h, _ := rvHostilePlugin(t)
+	big := bytes.Repeat([]byte("b"), 1<<20)
+	if out, err := h.CallRaw(ctx, hidx(h, "raw_echo"), big); err != nil || !bytes.Equal(out, big) {
+		t.Fatalf("echo: %d bytes, %v", len(out), err)
+	}
+	if _, err := h.CallJSON(ctx, hidx(h, "shrink_shared"), nil); err != nil {
+		t.Fatal(err)
+	}
+	// The host's copy into the shrunk file faults: the call fails, and
+	// its worker, which broke the protocol, is replaced.
+	_, err := h.CallRaw(ctx, hidx(h, "raw_echo"), big)
+	if ce := wantCrash(t, err); !strings.Contains(ce.Reason, "shared file") {
+		t.Fatalf("echo after the shrink: %v", err)
+	}
+	if out, err := h.CallRaw(ctx, hidx(h, "raw_echo"), big); err != nil || !bytes.Equal(out, big) {
+		t.Fatalf("echo on the new worker: %d bytes, %v", len(out), err)
+	}
+	wantWorks(t, h)
+}
+
 func TestReviewHostileDescriptors(t *testing.T) {
 	if !inGuard(t, 90*time.Second) {
 		return
@@ -491,12 +524,19 @@ func TestReviewHostileDescriptors(t *testing.T) {
 				out, err := h.CallJSON(ctx, hidx(h, "garbage"), in)
 				if err == nil {
 					t.Errorf("garbage on the protocol, and the call answered %q", out)
+				} else if ce := wantCrash(t, err); !strings.Contains(ce.Reason, "it sent") {
+					t.Errorf("not a protocol error: %v", err)
 				}
 				t.Logf("error: %v", err)
 			})
 			wantWorks(t, h)
 		})
 	}
+	t.Run("programs it runs do not inherit the protocol", func(t *testing.T) {
+		if st, err := Call[int](ctx, h, hidx(h, "inherited")); err != nil || st == 0 {
+			t.Fatalf("a shell the plugin ran has fd 3, 4 or 5 (status %d, %v)", st, err)
+		}
+	})
 	t.Run("read fd 3", func(t *testing.T) {
 		_, err := h.CallJSON(ctx, hidx(h, "read_protocol"), nil)
 		var pe *PluginError

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -239,6 +240,9 @@ func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 		return nil, w.lost(err)
 	}
 	f, payload, err := w.read(nil)
+	if err == nil {
+		err = w.answered()
+	}
 	switch {
 	case err != nil:
 		return nil, w.lost(err)
@@ -335,19 +339,45 @@ func (w *worker) send(kind, flags byte, method uint16, payload []byte) error {
 		w.wbuf = append(append(w.wbuf[:0], h[:]...), payload...)
 		return w.write(w.wbuf)
 	}
-	m, err := w.shared(len(payload))
+	m, err := w.shared(len(payload), true)
 	if err != nil {
 		return err
 	}
-	copy(m, payload)
+	if err := faultless(func() { copy(m, payload) }); err != nil {
+		return w.outOfStep(err.Error())
+	}
 	h[5] |= flagShm
 	return w.write(h[:])
 }
 
+// faultless runs f, a copy to or from the shared mapping, turning a
+// memory fault into an error: the worker can shrink the file under the
+// mapping (os.ftruncate(5, 0)), and touching the pages past its end must
+// not end the host with SIGBUS.
+func faultless(f func()) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if recover() != nil {
+			err = errors.New("the shared file shrank under its mapping")
+		}
+	}()
+	f()
+	return nil
+}
+
+// outOfStep ends a worker that broke the protocol, saying how, and
+// returns the error its exchange fails with.
+func (w *worker) outOfStep(how string) error {
+	w.kill(how)
+	return errors.New("protocol out of step: " + how)
+}
+
 // shared returns the region shared with the worker, mapped to at least
-// n bytes, enlarging the file if it is shorter. Either side enlarges it;
-// the other maps it again when it finds a payload past its mapping.
-func (w *worker) shared(n int) ([]byte, error) {
+// n bytes, enlarging the file if it is shorter and grow is set. Either
+// side enlarges it before it writes a payload; the other maps it again
+// when it finds a payload past its mapping. A reader does not enlarge
+// it: a payload said to be longer than the file is a malformed frame.
+func (w *worker) shared(n int, grow bool) ([]byte, error) {
 	if len(w.shm) >= n {
 		return w.shm, nil
 	}
@@ -356,6 +386,9 @@ func (w *worker) shared(n int) ([]byte, error) {
 		return nil, err
 	}
 	size := int(st.Size)
+	if size < n && !grow {
+		return nil, fmt.Errorf("it sent a payload of %d bytes in a shared file of %d", n, size)
+	}
 	if size < n {
 		size = 1 << bits.Len(uint(n-1))
 		if err := w.shmFile.Truncate(int64(size)); err != nil {
@@ -478,13 +511,25 @@ func (w *worker) read(into []byte) (frame, []byte, error) {
 	n := int(binary.LittleEndian.Uint32(h))
 	f := frame{kind: h[4], flags: h[5], method: binary.LittleEndian.Uint16(h[6:])}
 	w.r0 += frameHeader
+	// The plugin can write to the socket too: what no worker sends is
+	// refused before it costs memory or a wait for bytes that never come.
+	if f.kind < fOK || f.kind > fDone {
+		return f, into, w.outOfStep(fmt.Sprintf("it sent a frame of unknown kind %d", f.kind))
+	}
 	if f.flags&flagShm != 0 {
 		f.flags &^= flagShm
-		m, err := w.shared(n)
+		m, err := w.shared(n, false)
 		if err != nil {
-			return f, into, err
+			return f, into, w.outOfStep(err.Error())
 		}
-		return f, append(into, m[:n]...), nil
+		out := into
+		if err := faultless(func() { out = append(into, m[:n]...) }); err != nil {
+			return f, into, w.outOfStep(err.Error())
+		}
+		return f, out, nil
+	}
+	if n >= shmMin {
+		return f, into, w.outOfStep(fmt.Sprintf("it sent a frame of %d bytes outside the shared file", n))
 	}
 	if n <= w.r1-w.r0 {
 		into = append(into, w.rbuf[w.r0:w.r0+n]...)
@@ -505,6 +550,17 @@ func (w *worker) read(into []byte) (frame, []byte, error) {
 		got += k
 	}
 	return f, into, nil
+}
+
+// answered checks that a frame that ends an exchange is all the worker
+// sent: it sends nothing more until the host's next frame, so bytes read
+// past the answer mean something else wrote to the socket (the plugin),
+// and the answers would be out of step from then on.
+func (w *worker) answered() error {
+	if w.r1 != w.r0 {
+		return w.outOfStep(fmt.Sprintf("it sent %d bytes past its answer", w.r1-w.r0))
+	}
+	return nil
 }
 
 // growTo returns b extended to length n, reallocating once if needed.

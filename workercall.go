@@ -84,6 +84,9 @@ func (c *conv) exchange(kind, flags byte, payload []byte, into []byte) (frame, [
 	}
 	for {
 		f, out, err := w.read(into)
+		if err == nil && f.kind != fHostCall && f.kind != fPull {
+			err = w.answered()
+		}
 		if err != nil {
 			return f, into, w.lost(err)
 		}
