@@ -30,6 +30,11 @@ class Lost(Exception):
     """The host closed the socket: the worker exits."""
 
 
+# The protocol's descriptors (the socket, the cancel pipe and the shared
+# file) are not passed on to programs the plugin runs (os.system,
+# os.exec*): one that held the socket would keep it open past the worker.
+for _fd in (3, 4, 5):
+    os.set_inheritable(_fd, False)
 sock = socket.socket(fileno=3)
 sock.setblocking(False)
 _recv_into = sock.recv_into
@@ -178,7 +183,7 @@ class CallCancelled(BaseException):
 def _on_cancel(signum, frame):
     try:
         data = os.read(CANCEL_FD, 4096)
-    except BlockingIOError:
+    except OSError:  # nothing there, or the plugin closed fd 4: the host's grace period applies
         return
     for (n,) in struct.iter_unpack("<Q", data[: len(data) // 8 * 8]):
         if n in stack or n in streams:
