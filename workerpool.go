@@ -249,6 +249,12 @@ func linkedPython() (string, error) {
 func (wp *workerPool) acquire(ctx context.Context, want *worker, ret *conv) (*worker, error) {
 	wp.mu.Lock()
 	if want == nil {
+		if wp.closed {
+			// Its free workers are those still in use: holding a
+			// stream, or lent by a call waiting for Go.
+			wp.mu.Unlock()
+			return nil, wp.doneErr()
+		}
 		for len(wp.free) > 0 {
 			w := wp.free[len(wp.free)-1]
 			wp.free = wp.free[:len(wp.free)-1]
@@ -259,10 +265,6 @@ func (wp *workerPool) acquire(ctx context.Context, want *worker, ret *conv) (*wo
 			w.held = true
 			wp.mu.Unlock()
 			return w, nil
-		}
-		if wp.closed {
-			wp.mu.Unlock()
-			return nil, wp.doneErr()
 		}
 		if len(wp.failed) > 0 {
 			err := wp.failed[0]
@@ -337,7 +339,7 @@ func (wp *workerPool) release(w *worker) {
 		wp.mu.Unlock()
 		return
 	}
-	if wp.closed && w.streams == 0 {
+	if wp.closed && !w.busy() {
 		w.gone = true
 		wp.mu.Unlock()
 		w.stop()
@@ -345,6 +347,14 @@ func (wp *workerPool) release(w *worker) {
 	}
 	wp.free = append(wp.free, w)
 	wp.mu.Unlock()
+}
+
+// busy reports whether a worker that no exchange holds is still in use:
+// a stream is open in it, or a call lent it while it waits for Go and
+// will take it back. A closed pool stops its workers once they are not.
+// mu held.
+func (w *worker) busy() bool {
+	return w.streams > 0 || len(w.lent) > 0
 }
 
 // handLocked gives w to the exchange taking it back, if its nested ones
@@ -411,7 +421,7 @@ func (wp *workerPool) dropLocked(w *worker) {
 func (wp *workerPool) streamEnded(w *worker) {
 	wp.mu.Lock()
 	w.streams--
-	if wp.closed && w.streams == 0 && !w.held && !w.gone {
+	if wp.closed && !w.busy() && !w.held && !w.gone {
 		wp.takeLocked(w)
 		w.gone = true
 		wp.mu.Unlock()
@@ -477,7 +487,7 @@ func (wp *workerPool) end(retire bool) {
 	var idle []*worker
 	kept := wp.free[:0]
 	for _, w := range wp.free {
-		if w.streams == 0 {
+		if !w.busy() {
 			w.gone = true
 			idle = append(idle, w)
 		} else {
