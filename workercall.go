@@ -14,7 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -41,6 +43,9 @@ type conv struct {
 	// fed items are refused from then on.
 	cancelled chan struct{}
 	once      sync.Once
+	// back is when the call last took its worker back after lending it
+	// (UnixNano), or 0.
+	back atomic.Int64
 }
 
 func (h *PluginHandle) newConv(i int, m *MethodDesc) *conv {
@@ -117,6 +122,7 @@ func (c *conv) exchange(kind, flags byte, payload []byte, into []byte) (frame, [
 		if _, err := c.wp.acquire(context.Background(), w, c); err != nil {
 			return f, into, err
 		}
+		c.back.Store(time.Now().UnixNano())
 		if err := w.send(k, 0, 0, answer); err != nil {
 			return f, into, w.lost(err)
 		}
@@ -245,17 +251,45 @@ func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte)
 	}
 	c.w.cancelCall(c.n)
 	go func() {
-		t := time.NewTimer(workerGrace)
-		select {
-		case <-done:
-		case <-t.C:
-			c.w.kill(fmt.Sprintf("its call of method %q did not stop within %v of its context ending", c.m.Name, workerGrace))
-			<-done
-		}
-		t.Stop()
+		c.awaitOrKill(done)
 		c.finish()
 	}()
 	return frame{}, into, nil, false
+}
+
+// awaitOrKill waits for the exchange of a cancelled call to end (done),
+// killing its worker if the call's plugin code has not stopped within
+// workerGrace. Time the worker spends lent does not count: the call waits
+// for Go then (a host function, a fed item), no code of it runs in the
+// worker, which may be running other calls meanwhile, and the
+// cancellation is raised as soon as the call has its worker back.
+func (c *conv) awaitOrKill(done chan struct{}) {
+	wait := workerGrace
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-done:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		c.wp.mu.Lock()
+		lent := slices.Contains(c.w.lent, c)
+		c.wp.mu.Unlock()
+		if lent {
+			wait = workerGrace
+			continue
+		}
+		if back := c.back.Load(); back != 0 {
+			if since := time.Since(time.Unix(0, back)); since < workerGrace {
+				wait = workerGrace - since
+				continue
+			}
+		}
+		c.w.kill(fmt.Sprintf("its call of method %q did not stop within %v of its context ending", c.m.Name, workerGrace))
+		<-done
+		return
+	}
 }
 
 // settle notes what an exchange did to the call's stream: opened it, or
