@@ -387,6 +387,15 @@ func (h *PluginHandle) workerStream(ctx context.Context, i int, m *MethodDesc, i
 	}
 	var num [8]byte
 	binary.LittleEndian.PutUint64(num[:], c.n)
+	// The loop body may leave by a panic or runtime.Goexit (t.FailNow):
+	// the stream is closed then too, as in-process, or it stays open in
+	// its worker, which would never stop.
+	yielding := false
+	defer func() {
+		if yielding {
+			c.finish()
+		}
+	}()
 	for err == nil {
 		var item []byte
 		f, item, err, stayed = c.step(ctx, fNext, 0, num[:], nil)
@@ -404,7 +413,10 @@ func (h *PluginHandle) workerStream(ctx context.Context, i int, m *MethodDesc, i
 		if item == nil {
 			item = []byte{}
 		}
-		if !yield(item, nil) {
+		yielding = true
+		more := yield(item, nil)
+		yielding = false
+		if !more {
 			c.finish()
 			return
 		}
