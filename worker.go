@@ -96,6 +96,7 @@ const (
 // hands it out and takes it back (workerpool.go).
 type worker struct {
 	pid    int
+	proc   *os.Process
 	fd     int           // our end of the socketpair; blocking
 	cancel *os.File      // where the number of a call to cancel is written
 	calls  uint64        // calls started, as the worker counts them
@@ -217,7 +218,7 @@ func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 		errR.Close()
 		return nil, fmt.Errorf("%w: starting worker %s: %v", ErrWorkerCrashed, cfg.python, err)
 	}
-	w := &worker{pid: cmd.Process.Pid, fd: fds[0], spin: startSpin, cancel: cancelW, shmFile: shmFile, rbuf: make([]byte, 64<<10), exited: make(chan struct{})}
+	w := &worker{pid: cmd.Process.Pid, proc: cmd.Process, fd: fds[0], spin: startSpin, cancel: cancelW, shmFile: shmFile, rbuf: make([]byte, 64<<10), exited: make(chan struct{})}
 	w.output.Add(2)
 	go w.log(p.logger, outR, "stdout")
 	go w.log(p.logger, errR, "stderr")
@@ -576,8 +577,22 @@ func growTo(b []byte, n int) []byte {
 func (w *worker) cancelCall(n uint64) {
 	var b [8]byte
 	binary.LittleEndian.PutUint64(b[:], n)
-	w.cancel.Write(b[:])
-	syscall.Kill(w.pid, syscall.SIGUSR1)
+	// Never waits: a worker whose plugin replaced or blocked the SIGUSR1
+	// handler does not read the pipe, which fills up after 8192
+	// cancellations; the grace period stops such calls anyway.
+	if rc, err := w.cancel.SyscallConn(); err == nil {
+		rc.Write(func(fd uintptr) bool {
+			syscall.Write(int(fd), b[:]) // 8 bytes: all or nothing (EAGAIN)
+			return true
+		})
+	}
+	w.signal(syscall.SIGUSR1)
+}
+
+// signal sends the worker a signal, through os.Process: never to
+// another process that reused the pid of one that was reaped.
+func (w *worker) signal(sig syscall.Signal) {
+	w.proc.Signal(sig)
 }
 
 // kill ends the process, saying why.
@@ -588,7 +603,7 @@ func (w *worker) kill(reason string) {
 	}
 	w.broken = true
 	w.mu.Unlock()
-	syscall.Kill(w.pid, syscall.SIGKILL)
+	w.signal(syscall.SIGKILL)
 }
 
 // lost is the error of an exchange that failed (the socket closed or
