@@ -10,6 +10,7 @@ package fidius
 
 import (
 	"bufio"
+	"context"
 	_ "embed"
 	"encoding/binary"
 	"encoding/json"
@@ -171,8 +172,10 @@ type workerConfig struct {
 }
 
 // startWorker starts a process and loads the plugin in it. The error is
-// the load's, as the in-process loader would report it.
-func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
+// the load's, as the in-process loader would report it. If ctx ends
+// first, the process is killed (an import that never ends must not run
+// on once its load is abandoned) and the error is ctx's.
+func startWorker(ctx context.Context, p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("%w: starting a worker: socketpair: %v", ErrWorkerCrashed, err)
@@ -237,6 +240,21 @@ func startWorker(p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 		w.mu.Unlock()
 		close(w.exited)
 	}()
+	abandoned := context.AfterFunc(ctx, func() {
+		w.kill("its load was abandoned: " + ctx.Err().Error())
+	})
+	loaded, err := w.load(p, load)
+	if !abandoned() {
+		if loaded != nil {
+			loaded.stop()
+		}
+		return nil, ctx.Err()
+	}
+	return loaded, err
+}
+
+// load sends the LOAD frame and reads the worker's answer.
+func (w *worker) load(p *plugin, load []byte) (*worker, error) {
 	if err := w.send(fLoad, 0, 0, load); err != nil {
 		return nil, w.lost(err)
 	}

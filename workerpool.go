@@ -177,7 +177,7 @@ func (p *plugin) startPool(ctx context.Context, cfg workerConfig, n int, reload 
 	results := make(chan started, n)
 	for range n {
 		go func() {
-			w, err := startWorker(p, cfg, load)
+			w, err := startWorker(ctx, p, cfg, load)
 			results <- started{w, err}
 		}()
 	}
@@ -433,7 +433,7 @@ func (wp *workerPool) streamEnded(w *worker) {
 
 // replace starts a worker in place of one that ended.
 func (wp *workerPool) replace() {
-	w, err := startWorker(wp.p, wp.cfg, wp.load)
+	w, err := startWorker(context.Background(), wp.p, wp.cfg, wp.load)
 	if err != nil {
 		wp.p.logger.Error("a worker could not be replaced", zap.String("package", wp.p.dir), zap.Error(err))
 	}
