@@ -1608,3 +1608,44 @@ def raw(b):
 		t.Fatalf("the host function's arguments changed after it returned: %q", kept)
 	}
 }
+
+// A stream opened as a Reload retires its pool: the worker must not be
+// stopped between the stream's opening and the count of its open streams.
+func TestReviewReloadRacesStreamOpening(t *testing.T) {
+	if !inGuard(t, 120*time.Second) {
+		return
+	}
+	dir, d := simplePlugin(t, "def one():\n    yield 1\n", MethodDesc{Name: "one", Streaming: true})
+	h := loadWorkers(t, dir, d, WithWorkers(2))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var calls, failed atomic.Int64
+	for range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				got, err := collect(t, h.CallStream(ctx, 0, nil))
+				calls.Add(1)
+				if err != nil || len(got) != 1 {
+					failed.Add(1)
+					t.Errorf("a stream during the reloads: %v, %v", got, err)
+					return
+				}
+			}
+		}()
+	}
+	for range 25 {
+		if err := h.Reload(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	within(t, 20*time.Second, "the callers", wg.Wait)
+	t.Logf("%d streams, %d failed", calls.Load(), failed.Load())
+}

@@ -224,8 +224,8 @@ func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte)
 	}
 	if ctx.Done() == nil {
 		f, out, err := c.exchange(kind, flags, payload, into)
-		c.wp.release(c.w)
 		c.settle(kind, f, err)
+		c.wp.release(c.w)
 		return f, out, err, true
 	}
 	var (
@@ -236,8 +236,8 @@ func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte)
 	done := make(chan struct{})
 	go func() {
 		f, out, xerr = c.exchange(kind, flags, payload, into)
-		c.wp.release(c.w)
 		c.settle(kind, f, xerr)
+		c.wp.release(c.w)
 		close(done)
 	}()
 	select {
@@ -294,6 +294,9 @@ func (c *conv) awaitOrKill(done chan struct{}) {
 
 // settle notes what an exchange did to the call's stream: opened it, or
 // ended it (the worker drops a stream that ends, fails or is cancelled).
+// It runs while the exchange still holds the worker: released first, a
+// worker whose stream just opened counts none, and a closed or retired
+// pool would stop it.
 func (c *conv) settle(kind byte, f frame, err error) {
 	switch {
 	case kind == fStream && err == nil && f.kind == fOK:
