@@ -1339,7 +1339,8 @@ func TestReviewInputParity(t *testing.T) {
 	w := loadWorkers(t, dir, d)
 	inputs := []string{"", "null", "[]", "1", `"\ud800"`, `"\u0000"`, `[1e400]`, `1e400`, `-0`, `[1,]`, `{"a":1,"a":2}`, `[NaN]`, `nul`, ` [1] `, "[1]\n", `"\xff"`, "\"\xff\"", `123456789012345678901234567890`,
 		strings.Repeat("[", 999) + strings.Repeat("]", 999), strings.Repeat("[", 1000) + strings.Repeat("]", 1000), strings.Repeat("[", 1001) + strings.Repeat("]", 1001),
-		`[` + strings.Repeat("[", 999) + strings.Repeat("]", 999) + `]`, `"[[[["`, `[1] [2]`, `{"a": [1, {"b": null}]}`}
+		`[` + strings.Repeat("[", 999) + strings.Repeat("]", 999) + `]`, `"[[[["`, `[1] [2]`, `{"a": [1, {"b": null}]}`,
+		`1E400`, `[-1.0e+400]`, `[1e-400]`, "1" + strings.Repeat("0", 400) + ".0", "1" + strings.Repeat("0", 400), `"1e400"`, `{"1e400": 1e308}`, `[1e99, 1.7976931348623157e308, 1.8e308]`}
 	for _, s := range inputs {
 		a, aerr := in.CallJSON(ctx, 0, []byte(s))
 		b, berr := w.CallJSON(ctx, 0, []byte(s))
@@ -1648,4 +1649,53 @@ func TestReviewReloadRacesStreamOpening(t *testing.T) {
 	close(stop)
 	within(t, 20*time.Second, "the callers", wg.Wait)
 	t.Logf("%d streams, %d failed", calls.Load(), failed.Load())
+}
+
+// Fed items and host functions' answers decode as in-process: a number
+// too large for a float is refused, not an infinity.
+func TestReviewFedAndHostValuesParity(t *testing.T) {
+	back := &HostInterface{Name: "Back", Version: 1, Hash: 7, Funcs: map[string]HostFunc{
+		"big": func(json.RawMessage) (any, error) { return json.RawMessage("[1e400]"), nil },
+		"ok": func(json.RawMessage) (any, error) {
+			return json.RawMessage(`[1.5e300, "\ud800", 12345678901234567890123]`), nil
+		},
+	}}
+	dir, d := simplePlugin(t, `
+import fidius
+__fidius_host_imports__ = {"Back": {"version": 1, "hash": 7}}
+def total(items):
+    try:
+        return [repr(x) for x in items]
+    except BaseException as e:
+        return [type(e).__name__]
+def ask(what):
+    try:
+        return repr(getattr(fidius.host("Back"), what)())
+    except BaseException as e:
+        return [type(e).__name__]
+`, MethodDesc{Name: "total", ClientStreaming: true}, MethodDesc{Name: "ask"})
+	var results [2][]string
+	for mode, opts := range [][]Option{nil, {WithWorkers(1)}} {
+		h, err := LoadPythonPlugin(dir, d, append(opts, WithHostInterface(back))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, item := range []string{"-1e400", "1e-400", "1.5e308", "123456789012345678901234567890", `"\ud800"`} {
+			items := func(yield func(json.RawMessage, error) bool) {
+				_ = yield(json.RawMessage("1.5"), nil) && yield(json.RawMessage(item), nil)
+			}
+			out, err := h.CallClientStream(ctx, 0, items, nil)
+			results[mode] = append(results[mode], fmt.Sprintf("item %s: %s %v", item, out, err))
+		}
+		for _, what := range []string{"big", "ok"} {
+			out, err := h.CallJSON(ctx, 1, []byte(`"`+what+`"`))
+			results[mode] = append(results[mode], fmt.Sprintf("host %s: %s %v", what, out, err))
+		}
+		h.Close()
+	}
+	for i := range results[0] {
+		if results[0][i] != results[1][i] {
+			t.Errorf("in-process: %s\n    worker: %s", results[0][i], results[1][i])
+		}
+	}
 }

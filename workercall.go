@@ -8,13 +8,16 @@
 package fidius
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"iter"
+	"math"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -434,14 +437,30 @@ func (h *PluginHandle) workerStream(ctx context.Context, i int, m *MethodDesc, i
 }
 
 // checkInput refuses typed input that is not one strict JSON value nested
-// at most maxDepth levels: nothing reaches the worker.
+// at most maxDepth levels, or that has a number too large for a float
+// (which Python's json would make an infinity): nothing reaches the
+// worker.
 func checkInput(m *MethodDesc, input []byte) error {
 	if len(input) == 0 {
 		return nil
 	}
 	depth, deepest := 0, 0
 	inString, escaped := false, false
-	for _, b := range input {
+	num, frac := -1, false // the number being read: where it starts, whether it has a fraction or exponent
+	for i, b := range input {
+		if num >= 0 {
+			switch {
+			case b >= '0' && b <= '9' || b == '+' || b == '-':
+				continue
+			case b == '.' || b == 'e' || b == 'E':
+				frac = true
+				continue
+			}
+			if err := checkFloat(m, input, num, i, frac); err != nil {
+				return err
+			}
+			num = -1
+		}
 		switch {
 		case inString:
 			switch {
@@ -454,11 +473,18 @@ func checkInput(m *MethodDesc, input []byte) error {
 			}
 		case b == '"':
 			inString = true
+		case b == '-' || b >= '0' && b <= '9':
+			num, frac = i, false
 		case b == '[' || b == '{':
 			depth++
 			deepest = max(deepest, depth)
 		case b == ']' || b == '}':
 			depth--
+		}
+	}
+	if num >= 0 {
+		if err := checkFloat(m, input, num, len(input), frac); err != nil {
+			return err
 		}
 	}
 	if deepest > maxDepth {
@@ -473,6 +499,24 @@ func checkInput(m *MethodDesc, input []byte) error {
 			return fmt.Errorf("%w for method %q: offset %d: %v", ErrInputDecode, m.Name, syn.Offset-1, err)
 		}
 		return fmt.Errorf("%w for method %q: %v", ErrInputDecode, m.Name, err)
+	}
+	return nil
+}
+
+// checkFloat refuses the number input[start:end] if it is a float too
+// large for a float64, as the in-process decoder does. Only a number with
+// an exponent of three digits or more, or of over 300 characters, can
+// be: the others are not parsed.
+func checkFloat(m *MethodDesc, input []byte, start, end int, frac bool) error {
+	tok := input[start:end]
+	if !frac {
+		return nil // an int: Python's are unbounded
+	}
+	if e := bytes.IndexAny(tok, "eE"); (e < 0 || len(tok)-e < 4) && len(tok) <= 300 {
+		return nil
+	}
+	if v, _ := strconv.ParseFloat(string(tok), 64); math.IsInf(v, 0) {
+		return fmt.Errorf("%w for method %q: offset %d: value too large to convert to float: '%s'", ErrInputDecode, m.Name, start, tok)
 	}
 	return nil
 }

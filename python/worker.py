@@ -7,6 +7,7 @@ import binascii
 import json
 import mmap
 import os
+import re
 import select
 import signal
 import socket
@@ -362,14 +363,22 @@ def encode(o):
     if o is None:
         return b"null"
     v = _plain(o, [])
+    s = _dumps(v)
     try:
-        return _dumps(v).encode()
-    except UnicodeEncodeError:  # a lone surrogate: escaped, as the in-process encoder does
-        return _dumps_ascii(v).encode()
+        return s.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate: escaped, and nothing else, as the in-process
+        # encoder does (ensure_ascii would escape every non-ASCII
+        # character). Surrogates occur only inside strings.
+        return _surrogate.sub(_escape, s).encode()
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False).encode
-_dumps_ascii = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"), check_circular=False).encode
+_surrogate = re.compile("[\ud800-\udfff]")
+
+
+def _escape(m):
+    return "\\u%04x" % ord(m.group())
 
 
 def _why(prefix, exc):
@@ -383,6 +392,24 @@ def _why(prefix, exc):
 
 def _loads(payload):
     return json.loads(bytes(payload) if type(payload) is memoryview else payload)
+
+
+_INF = float("inf")
+
+
+def _finite(text):
+    v = float(text)
+    if v == _INF or v == -_INF:
+        raise ValueError(f"value too large to convert to float: {text!r}")
+    return v
+
+
+def _loads_finite(payload):
+    """_loads for JSON the host did not check (fed items, host functions'
+    answers): a number too large for a float is refused, as the
+    in-process decoder does, not made an infinity. (Call arguments are
+    checked in Go.)"""
+    return json.loads(bytes(payload) if type(payload) is memoryview else payload, parse_float=_finite)
 
 
 def decode_args(payload):
@@ -426,7 +453,10 @@ class _HostModule:
             send(HOSTCALL, encode([name, function, list(args)]))
             kind, payload = answer(HOST_OK, HOST_ERR)
         if kind == HOST_OK:
-            return True, _loads(payload)
+            try:
+                return True, _loads_finite(payload)
+            except ValueError as exc:
+                raise RuntimeError(f"the host's answer is not JSON: {exc}") from None
         err = _loads(payload)
         return False, (err.get("code"), err.get("message"), err.get("details"))
 
@@ -463,7 +493,7 @@ class HostStream:
         if kind == FEED:
             self.count += 1
             try:
-                return _loads(payload)
+                return _loads_finite(payload)
             except ValueError as exc:
                 raise host.HostStreamError(
                     f"item {self.count} of the host's input stream is not valid JSON: {exc}"
