@@ -4,6 +4,7 @@
 # library. Its stdout and stderr are the host's logger, never the protocol.
 
 import binascii
+import errno
 import json
 import mmap
 import os
@@ -826,6 +827,16 @@ try:
     main()
 except Lost:
     pass
+except BaseException as exc:
+    # Out of memory under the limit in the worker's own code (the shared
+    # mapping, the copy of a large argument or result): the same end as
+    # a MemoryError in the plugin, said on stderr.
+    if memory_limited and (isinstance(exc, MemoryError) or isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
+        print(f"fidius worker: out of memory under its limit: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_MEMORY)
+    raise
 finally:
     sys.stdout.flush()
     sys.stderr.flush()
