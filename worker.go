@@ -37,10 +37,20 @@ var workerSource string
 // workerBoot runs workerSource (its argument), after checking the Python
 // version with code any Python can parse: on an older one, the crash
 // error's stderr says why.
-const workerBoot = `import sys
+//
+// Under a memory limit, a MemoryError that escapes the worker (raised
+// again by its own handlers, with no memory left to report it) still
+// ends it with the limit's status.
+const workerBoot = `import sys, os
 if sys.version_info < (3, 8):
     sys.exit("fidius: worker processes need CPython 3.8 or later, not " + sys.version.split()[0])
-exec(compile(sys.argv[1], "<fidius-go>/worker.py", "exec"), {"__name__": "__fidius_worker__"})
+limited = "FIDIUS_WORKER_MEMORY" in os.environ
+try:
+    exec(compile(sys.argv[1], "<fidius-go>/worker.py", "exec"), {"__name__": "__fidius_worker__"})
+except MemoryError:
+    if not limited:
+        raise
+    os._exit(75)
 `
 
 // Frame kinds, as python/worker.py numbers them.

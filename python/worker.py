@@ -612,6 +612,8 @@ def load(payload):
 
 memory_limited = False
 EXIT_MEMORY = 75
+ENOMEM = errno.ENOMEM
+OUT_OF_MEMORY = b"fidius worker: out of memory under its limit, in the worker's own code\n"
 
 
 def out_of_memory(exc):
@@ -830,11 +832,13 @@ except Lost:
 except BaseException as exc:
     # Out of memory under the limit in the worker's own code (the shared
     # mapping, the copy of a large argument or result): the same end as
-    # a MemoryError in the plugin, said on stderr.
-    if memory_limited and (isinstance(exc, MemoryError) or isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
-        print(f"fidius worker: out of memory under its limit: {type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
+    # a MemoryError in the plugin, said on stderr. Nothing here may
+    # allocate: there may be no memory left at all.
+    if memory_limited and (isinstance(exc, MemoryError) or isinstance(exc, OSError) and exc.errno == ENOMEM):
+        try:
+            os.write(2, OUT_OF_MEMORY)
+        except BaseException:
+            pass
         os._exit(EXIT_MEMORY)
     raise
 finally:
