@@ -1703,3 +1703,117 @@ def ask(what):
 		}
 	}
 }
+
+// Cancellations at random times of calls that nest through host
+// functions (the worker lent and taken back), with streams and fed items,
+// from many goroutines on one and two workers.
+func TestReviewNestedCancelStress(t *testing.T) {
+	if !inGuard(t, 120*time.Second) {
+		return
+	}
+	for _, workers := range []int{1, 2} {
+		t.Run(fmt.Sprint(workers), func(t *testing.T) {
+			baseG := runtime.NumGoroutine()
+			h, _ := backPlugin(t, func(args json.RawMessage) (any, error) {
+				time.Sleep(time.Duration(rand.Intn(2000)) * time.Microsecond)
+				return "ok", nil
+			}, WithWorkers(workers))
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			counts := map[string]int{}
+			for g := range 16 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					rng := rand.New(rand.NewSource(int64(g)))
+					for range 40 {
+						cx, cancel := context.WithCancel(ctx)
+						time.AfterFunc(time.Duration(rng.Intn(30000))*time.Microsecond, cancel)
+						var err error
+						switch rng.Intn(3) {
+						case 0:
+							_, err = Call[[]int](cx, h, hidx(h, "rec"), rng.Intn(4))
+						case 1:
+							_, err = Call[string](cx, h, hidx(h, "ask"), "x")
+						case 2:
+							_, err = Call[float64](cx, h, hidx(h, "nap"), 0.002)
+						}
+						cancel()
+						kind := "ok"
+						switch {
+						case err == nil:
+						case errors.Is(err, context.Canceled):
+							kind = "cancelled"
+						default:
+							kind = err.Error()
+						}
+						mu.Lock()
+						counts[kind]++
+						mu.Unlock()
+					}
+				}()
+			}
+			within(t, 60*time.Second, "the calls", wg.Wait)
+			t.Logf("%v", counts)
+			for k := range counts {
+				if k != "ok" && k != "cancelled" {
+					t.Errorf("an error other than cancellation: %s", k)
+				}
+			}
+			within(t, 10*time.Second, "calls after the stress", func() {
+				if got, err := Call[[]int](ctx, h, hidx(h, "rec"), 3); err != nil || len(got) != 4 {
+					t.Errorf("rec after the stress: %v, %v", got, err)
+				}
+			})
+			h.Close()
+			waitNoChildren(t)
+			settleGoroutines(t, baseG, 2)
+		})
+	}
+}
+
+// A caller whose context ended has its buffers back: the answer that
+// comes later is not written into dst's spare capacity, and the input
+// is not read after the call returned (go test -race sees Call's pooled
+// argument buffer otherwise).
+func TestReviewLeftCallersBuffers(t *testing.T) {
+	dir, d := simplePlugin(t, `
+import signal, time
+def deaf(b):
+    old = signal.signal(signal.SIGUSR1, lambda *a: None)
+    time.sleep(0.2)
+    signal.signal(signal.SIGUSR1, old)
+    return b"X" * 100
+def deaf_json(s):
+    old = signal.signal(signal.SIGUSR1, lambda *a: None)
+    time.sleep(0.05)
+    signal.signal(signal.SIGUSR1, old)
+    return s
+`, MethodDesc{Name: "deaf", WireRaw: true}, MethodDesc{Name: "deaf_json"})
+	h := loadWorkers(t, dir, d)
+	dst := make([]byte, 0, 1000)
+	cx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	out, err := h.CallRawAppend(cx, 0, dst, []byte("in"))
+	if !errors.Is(err, context.DeadlineExceeded) || len(out) != 0 {
+		t.Fatalf("%q, %v", out, err)
+	}
+	time.Sleep(400 * time.Millisecond) // the answer comes, and is dropped
+	if full := dst[:cap(dst)]; bytes.Contains(full, []byte("X")) {
+		t.Fatalf("the answer to a call whose caller had left was written into its buffer")
+	}
+	// Many calls whose contexts end as their requests go out.
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				cx, cancel := context.WithTimeout(ctx, time.Duration(i%5)*100*time.Microsecond)
+				Call[string](cx, h, 1, strings.Repeat(fmt.Sprint(g), 100+i))
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+}

@@ -523,8 +523,9 @@ func (w *worker) learn(waited time.Duration) {
 	}
 }
 
-// read reads one frame, appending its payload to into.
-func (w *worker) read(into []byte) (frame, []byte, error) {
+// head waits for the next frame's header and returns its kind, leaving
+// the frame for read: the reader can choose where its payload goes.
+func (w *worker) head() (byte, error) {
 	for w.r1-w.r0 < frameHeader {
 		if w.r0 > 0 {
 			w.r1 = copy(w.rbuf, w.rbuf[w.r0:w.r1])
@@ -532,9 +533,17 @@ func (w *worker) read(into []byte) (frame, []byte, error) {
 		}
 		n, err := w.fill(w.rbuf[w.r1:], w.r1 == w.r0)
 		if err != nil {
-			return frame{}, into, err
+			return 0, err
 		}
 		w.r1 += n
+	}
+	return w.rbuf[w.r0+4], nil
+}
+
+// read reads one frame, appending its payload to into.
+func (w *worker) read(into []byte) (frame, []byte, error) {
+	if _, err := w.head(); err != nil {
+		return frame{}, into, err
 	}
 	h := w.rbuf[w.r0 : w.r0+frameHeader]
 	n := int(binary.LittleEndian.Uint32(h))

@@ -85,26 +85,45 @@ func (c *conv) acquire(ctx context.Context) error {
 // calls and input pulls the plugin makes meanwhile. A successful answer's
 // payload is appended to into; an error is the call's. The worker is held
 // throughout, except while Go works out an answer for it.
-func (c *conv) exchange(kind, flags byte, payload []byte, into []byte) (frame, []byte, error) {
+//
+// x, if not nil, is shared with a caller that may leave (see handoff).
+func (c *conv) exchange(kind, flags byte, payload []byte, into []byte, x *handoff) (frame, []byte, error) {
 	w := c.w
-	if err := w.send(kind, flags, uint16(c.i), payload); err != nil {
+	err := w.send(kind, flags, uint16(c.i), payload)
+	if x != nil {
+		close(x.sent) // payload is the caller's again
+	}
+	if err != nil {
 		return frame{}, into, w.lost(err)
 	}
 	for {
-		f, out, err := w.read(into)
+		next, err := w.head()
+		if err != nil {
+			return frame{}, into, w.lost(err)
+		}
+		base := into
+		if next == fHostCall || next == fPull || !x.deliver() {
+			// A question's payload, or an answer for a caller who left:
+			// not in the caller's buffer, which is the caller's again.
+			base = nil
+		}
+		f, out, err := w.read(base)
 		if err == nil && f.kind != fHostCall && f.kind != fPull {
 			err = w.answered()
 		}
 		if err != nil {
 			return f, into, w.lost(err)
 		}
-		body := out[len(into):]
+		body := out[len(base):]
 		var (
 			k      byte
 			answer []byte
 		)
 		switch f.kind {
 		case fOK, fItem, fEnd, fDone:
+			if base == nil && into != nil {
+				return f, into, nil // the caller left: nothing in its buffer
+			}
 			return f, out, nil
 		case fHostCall:
 			k, answer = c.lend(func() (byte, []byte) { return c.hostCall(body) })
@@ -226,7 +245,7 @@ func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte)
 		return frame{}, into, err, true
 	}
 	if ctx.Done() == nil {
-		f, out, err := c.exchange(kind, flags, payload, into)
+		f, out, err := c.exchange(kind, flags, payload, into, nil)
 		c.settle(kind, f, err)
 		c.wp.release(c.w)
 		return f, out, err, true
@@ -237,8 +256,9 @@ func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte)
 		xerr error // not err: shared with the goroutine, which may outlive the caller
 	)
 	done := make(chan struct{})
+	x := &handoff{sent: make(chan struct{})}
 	go func() {
-		f, out, xerr = c.exchange(kind, flags, payload, into)
+		f, out, xerr = c.exchange(kind, flags, payload, into, x)
 		c.settle(kind, f, xerr)
 		c.wp.release(c.w)
 		close(done)
@@ -247,6 +267,10 @@ func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte)
 	case <-done:
 		return f, out, xerr, true
 	case <-ctx.Done():
+	}
+	if !x.leave() {
+		<-done // the answer is being written into into: it is the caller's
+		return f, out, xerr, true
 	}
 	c.once.Do(func() { close(c.cancelled) })
 	if c.in != nil {
@@ -295,6 +319,38 @@ func (c *conv) awaitOrKill(done chan struct{}) {
 	}
 }
 
+// handoff is what an exchange run on a goroutine of its own shares with
+// a caller who may leave it when its ctx ends. The caller's buffers must
+// not be touched once it has: it waits for the request to be sent before
+// it leaves (payload may be a pooled buffer, as Call's), and the answer is
+// appended to the caller's into only if the exchange claims it before the
+// caller leaves; in-process, C reads the input and delivers the result
+// under the same rule (cancellation.leave and deliver).
+type handoff struct {
+	sent  chan struct{} // closed once the request is sent, or failed to be
+	state atomic.Int32  // handoffRunning, handoffDelivering or handoffLeft
+}
+
+const (
+	handoffRunning int32 = iota
+	handoffDelivering
+	handoffLeft
+)
+
+// deliver claims the caller's buffer for the answer: false once the
+// caller has left. A nil handoff (a caller who cannot leave) always
+// delivers.
+func (x *handoff) deliver() bool {
+	return x == nil || x.state.CompareAndSwap(handoffRunning, handoffDelivering) || x.state.Load() == handoffDelivering
+}
+
+// leave is the caller giving up, once the request is out; false if the
+// answer is being delivered: then it waits for it.
+func (x *handoff) leave() bool {
+	<-x.sent
+	return x.state.CompareAndSwap(handoffRunning, handoffLeft)
+}
+
 // settle notes what an exchange did to the call's stream: opened it, or
 // ended it (the worker drops a stream that ends, fails or is cancelled).
 // It runs while the exchange still holds the worker: released first, a
@@ -324,7 +380,7 @@ func (c *conv) finish() {
 		if _, err := c.wp.acquire(context.Background(), c.w, nil); err == nil {
 			var num [8]byte
 			binary.LittleEndian.PutUint64(num[:], c.n)
-			c.exchange(fStop, 0, num[:], nil)
+			c.exchange(fStop, 0, num[:], nil, nil)
 			c.wp.release(c.w)
 		}
 		t.Stop()
