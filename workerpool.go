@@ -256,8 +256,9 @@ func (wp *workerPool) acquire(ctx context.Context, want *worker, ret *conv) (*wo
 			return nil, wp.doneErr()
 		}
 		for len(wp.free) > 0 {
-			w := wp.free[len(wp.free)-1]
-			wp.free = wp.free[:len(wp.free)-1]
+			i := wp.pickLocked()
+			w := wp.free[i]
+			wp.free = append(wp.free[:i], wp.free[i+1:]...)
 			if w.isBroken() {
 				wp.dropLocked(w) // it ended while free: nobody's call failed
 				continue
@@ -305,6 +306,33 @@ func (wp *workerPool) acquire(ctx context.Context, want *worker, ret *conv) (*wo
 		wp.release(e.w)
 	}
 	return nil, ctx.Err()
+}
+
+// pickLocked chooses the free worker a new call gets: the most recently
+// used of those in no use at all, else of those only holding a stream
+// open, else one lent by a call waiting for Go. A call that goes into a
+// lent worker runs nested in the lender's wait, and the lender cannot
+// take its worker back until it ends: right for a call the host function
+// makes, but an unrelated call there delays the lender, or deadlocks
+// with it if it waits for the lender (in-process, they would run on two
+// threads). Likewise a stream's next step waits for a call that went
+// into its worker. mu held; free is not empty.
+func (wp *workerPool) pickLocked() int {
+	best, rank := len(wp.free)-1, 3
+	for i := len(wp.free) - 1; i >= 0 && rank > 0; i-- {
+		w := wp.free[i]
+		r := 0
+		switch {
+		case len(w.lent) > 0:
+			r = 2
+		case w.streams > 0:
+			r = 1
+		}
+		if r < rank {
+			best, rank = i, r
+		}
+	}
+	return best
 }
 
 func (wp *workerPool) doneErr() error {
