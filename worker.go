@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,10 +37,20 @@ var workerSource string
 // workerBoot runs workerSource (its argument), after checking the Python
 // version with code any Python can parse: on an older one, the crash
 // error's stderr says why.
-const workerBoot = `import sys
+//
+// Under a memory limit, a MemoryError that escapes the worker (raised
+// again by its own handlers, with no memory left to report it) still
+// ends it with the limit's status.
+const workerBoot = `import sys, os
 if sys.version_info < (3, 8):
     sys.exit("fidius: worker processes need CPython 3.8 or later, not " + sys.version.split()[0])
-exec(compile(sys.argv[1], "<fidius-go>/worker.py", "exec"), {"__name__": "__fidius_worker__"})
+limited = "FIDIUS_WORKER_MEMORY" in os.environ
+try:
+    exec(compile(sys.argv[1], "<fidius-go>/worker.py", "exec"), {"__name__": "__fidius_worker__"})
+except MemoryError:
+    if not limited:
+        raise
+    os._exit(75)
 `
 
 // Frame kinds, as python/worker.py numbers them.
@@ -96,7 +107,7 @@ const (
 // hands it out and takes it back (workerpool.go).
 type worker struct {
 	pid    int
-	proc   *os.Process   // signalled through a pidfd: never another process that got the pid
+	proc   *os.Process
 	fd     int           // our end of the socketpair; blocking
 	cancel *os.File      // where the number of a call to cancel is written
 	calls  uint64        // calls started, as the worker counts them
@@ -171,10 +182,9 @@ type workerConfig struct {
 }
 
 // startWorker starts a process and loads the plugin in it. The error is
-// the load's, as the in-process loader would report it.
-//
-// When ctx ends first, the process is killed (the plugin's top level may
-// never return) and the error is ctx's.
+// the load's, as the in-process loader would report it. If ctx ends
+// first, the process is killed (an import that never ends must not run
+// on once its load is abandoned) and the error is ctx's.
 func startWorker(ctx context.Context, p *plugin, cfg workerConfig, load []byte) (*worker, error) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -231,19 +241,38 @@ func startWorker(ctx context.Context, p *plugin, cfg workerConfig, load []byte) 
 		w.state = cmd.ProcessState
 		w.mu.Lock()
 		w.broken = true
+		if w.fd >= 0 {
+			// A process the worker forked may still hold its end of the
+			// socket: a read waiting for the worker's answer must end now,
+			// not when that process exits.
+			syscall.Shutdown(w.fd, syscall.SHUT_RDWR)
+		}
 		w.mu.Unlock()
 		close(w.exited)
 	}()
-	stop := context.AfterFunc(ctx, func() { w.kill("its load was abandoned: the context ended") })
-	defer stop()
+	abandoned := context.AfterFunc(ctx, func() {
+		w.kill("its load was abandoned: " + ctx.Err().Error())
+	})
+	loaded, err := w.load(p, load)
+	if !abandoned() {
+		if loaded != nil {
+			loaded.stop()
+		}
+		return nil, ctx.Err()
+	}
+	return loaded, err
+}
+
+// load sends the LOAD frame and reads the worker's answer.
+func (w *worker) load(p *plugin, load []byte) (*worker, error) {
 	if err := w.send(fLoad, 0, 0, load); err != nil {
 		return nil, w.lost(err)
 	}
 	f, payload, err := w.read(nil)
+	if err == nil {
+		err = w.answered()
+	}
 	switch {
-	case err != nil && ctx.Err() != nil:
-		w.lost(err)
-		return nil, ctx.Err()
 	case err != nil:
 		return nil, w.lost(err)
 	case f.kind == fLoadErr:
@@ -339,19 +368,45 @@ func (w *worker) send(kind, flags byte, method uint16, payload []byte) error {
 		w.wbuf = append(append(w.wbuf[:0], h[:]...), payload...)
 		return w.write(w.wbuf)
 	}
-	m, err := w.shared(len(payload))
+	m, err := w.shared(len(payload), true)
 	if err != nil {
 		return err
 	}
-	copy(m, payload)
+	if err := faultless(func() { copy(m, payload) }); err != nil {
+		return w.outOfStep(err.Error())
+	}
 	h[5] |= flagShm
 	return w.write(h[:])
 }
 
+// faultless runs f, a copy to or from the shared mapping, turning a
+// memory fault into an error: the worker can shrink the file under the
+// mapping (os.ftruncate(5, 0)), and touching the pages past its end must
+// not end the host with SIGBUS.
+func faultless(f func()) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if recover() != nil {
+			err = errors.New("the shared file shrank under its mapping")
+		}
+	}()
+	f()
+	return nil
+}
+
+// outOfStep ends a worker that broke the protocol, saying how, and
+// returns the error its exchange fails with.
+func (w *worker) outOfStep(how string) error {
+	w.kill(how)
+	return errors.New("protocol out of step: " + how)
+}
+
 // shared returns the region shared with the worker, mapped to at least
-// n bytes, enlarging the file if it is shorter. Either side enlarges it;
-// the other maps it again when it finds a payload past its mapping.
-func (w *worker) shared(n int) ([]byte, error) {
+// n bytes, enlarging the file if it is shorter and grow is set. Either
+// side enlarges it before it writes a payload; the other maps it again
+// when it finds a payload past its mapping. A reader does not enlarge
+// it: a payload said to be longer than the file is a malformed frame.
+func (w *worker) shared(n int, grow bool) ([]byte, error) {
 	if len(w.shm) >= n {
 		return w.shm, nil
 	}
@@ -360,6 +415,9 @@ func (w *worker) shared(n int) ([]byte, error) {
 		return nil, err
 	}
 	size := int(st.Size)
+	if size < n && !grow {
+		return nil, fmt.Errorf("it sent a payload of %d bytes in a shared file of %d", n, size)
+	}
 	if size < n {
 		size = 1 << bits.Len(uint(n-1))
 		if err := w.shmFile.Truncate(int64(size)); err != nil {
@@ -465,11 +523,9 @@ func (w *worker) learn(waited time.Duration) {
 	}
 }
 
-// read reads one frame. The payload of a result or an item is appended to
-// into (the caller's buffer, for CallRawAppend); any other frame's is in a
-// slice of its own, returned whole: a host call's arguments or an error
-// never land in the caller's buffer.
-func (w *worker) read(into []byte) (frame, []byte, error) {
+// head waits for the next frame's header and returns its kind, leaving
+// the frame for read: the reader can choose where its payload goes.
+func (w *worker) head() (byte, error) {
 	for w.r1-w.r0 < frameHeader {
 		if w.r0 > 0 {
 			w.r1 = copy(w.rbuf, w.rbuf[w.r0:w.r1])
@@ -477,24 +533,41 @@ func (w *worker) read(into []byte) (frame, []byte, error) {
 		}
 		n, err := w.fill(w.rbuf[w.r1:], w.r1 == w.r0)
 		if err != nil {
-			return frame{}, into, err
+			return 0, err
 		}
 		w.r1 += n
+	}
+	return w.rbuf[w.r0+4], nil
+}
+
+// read reads one frame, appending its payload to into.
+func (w *worker) read(into []byte) (frame, []byte, error) {
+	if _, err := w.head(); err != nil {
+		return frame{}, into, err
 	}
 	h := w.rbuf[w.r0 : w.r0+frameHeader]
 	n := int(binary.LittleEndian.Uint32(h))
 	f := frame{kind: h[4], flags: h[5], method: binary.LittleEndian.Uint16(h[6:])}
 	w.r0 += frameHeader
-	if f.kind != fOK && f.kind != fItem {
-		into = nil
+	// The plugin can write to the socket too: what no worker sends is
+	// refused before it costs memory or a wait for bytes that never come.
+	if f.kind < fOK || f.kind > fDone {
+		return f, into, w.outOfStep(fmt.Sprintf("it sent a frame of unknown kind %d", f.kind))
 	}
 	if f.flags&flagShm != 0 {
 		f.flags &^= flagShm
-		m, err := w.shared(n)
+		m, err := w.shared(n, false)
 		if err != nil {
-			return f, into, err
+			return f, into, w.outOfStep(err.Error())
 		}
-		return f, append(into, m[:n]...), nil
+		out := into
+		if err := faultless(func() { out = append(into, m[:n]...) }); err != nil {
+			return f, into, w.outOfStep(err.Error())
+		}
+		return f, out, nil
+	}
+	if n >= shmMin {
+		return f, into, w.outOfStep(fmt.Sprintf("it sent a frame of %d bytes outside the shared file", n))
 	}
 	if n <= w.r1-w.r0 {
 		into = append(into, w.rbuf[w.r0:w.r0+n]...)
@@ -517,6 +590,17 @@ func (w *worker) read(into []byte) (frame, []byte, error) {
 	return f, into, nil
 }
 
+// answered checks that a frame that ends an exchange is all the worker
+// sent: it sends nothing more until the host's next frame, so bytes read
+// past the answer mean something else wrote to the socket (the plugin),
+// and the answers would be out of step from then on.
+func (w *worker) answered() error {
+	if w.r1 != w.r0 {
+		return w.outOfStep(fmt.Sprintf("it sent %d bytes past its answer", w.r1-w.r0))
+	}
+	return nil
+}
+
 // growTo returns b extended to length n, reallocating once if needed.
 func growTo(b []byte, n int) []byte {
 	if cap(b) >= n {
@@ -527,20 +611,25 @@ func growTo(b []byte, n int) []byte {
 
 // cancelCall asks the worker to raise CallCancelled into call number n, if
 // it is still running it.
-//
-// The write never waits: a worker that never reads the pipe (its plugin
-// blocked the signal) must not hold up the caller once the pipe is full;
-// that worker is killed at the deadline anyway.
 func (w *worker) cancelCall(n uint64) {
 	var b [8]byte
 	binary.LittleEndian.PutUint64(b[:], n)
+	// Never waits: a worker whose plugin replaced or blocked the SIGUSR1
+	// handler does not read the pipe, which fills up after 8192
+	// cancellations; the grace period stops such calls anyway.
 	if rc, err := w.cancel.SyscallConn(); err == nil {
 		rc.Write(func(fd uintptr) bool {
-			syscall.Write(int(fd), b[:])
-			return true // written or not, no waiting
+			syscall.Write(int(fd), b[:]) // 8 bytes: all or nothing (EAGAIN)
+			return true
 		})
 	}
-	w.proc.Signal(syscall.SIGUSR1)
+	w.signal(syscall.SIGUSR1)
+}
+
+// signal sends the worker a signal, through os.Process: never to
+// another process that reused the pid of one that was reaped.
+func (w *worker) signal(sig syscall.Signal) {
+	w.proc.Signal(sig)
 }
 
 // kill ends the process, saying why.
@@ -551,7 +640,7 @@ func (w *worker) kill(reason string) {
 	}
 	w.broken = true
 	w.mu.Unlock()
-	w.proc.Signal(syscall.SIGKILL)
+	w.signal(syscall.SIGKILL)
 }
 
 // lost is the error of an exchange that failed (the socket closed or
@@ -578,17 +667,7 @@ func (w *worker) crash() error {
 			<-w.exited
 		}
 		w.close()
-		// The last lines of stderr, once the pipe is drained; a
-		// grandchild that keeps it open is not waited for.
-		drained := make(chan struct{})
-		go func() {
-			w.output.Wait()
-			close(drained)
-		}()
-		select {
-		case <-drained:
-		case <-time.After(100 * time.Millisecond):
-		}
+		w.drain()
 		st := w.state
 		e := &WorkerCrashError{Pid: w.pid, ExitCode: st.ExitCode()}
 		if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -621,7 +700,22 @@ func (w *worker) stop() {
 		w.kill("it did not exit when its handle was closed")
 		<-w.exited
 	}
-	w.output.Wait()
+	w.drain()
+}
+
+// drain waits for the goroutines copying the exited worker's stdout and
+// stderr to reach the end of the pipes, for the last lines; a process the
+// worker forked that keeps them open is not waited for.
+func (w *worker) drain() {
+	drained := make(chan struct{})
+	go func() {
+		w.output.Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(100 * time.Millisecond):
+	}
 }
 
 // close releases our ends of the socket and the cancel pipe, once.

@@ -8,13 +8,18 @@
 package fidius
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"iter"
+	"math"
+	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -41,6 +46,9 @@ type conv struct {
 	// fed items are refused from then on.
 	cancelled chan struct{}
 	once      sync.Once
+	// back is when the call last took its worker back after lending it
+	// (UnixNano), or 0.
+	back atomic.Int64
 }
 
 func (h *PluginHandle) newConv(i int, m *MethodDesc) *conv {
@@ -77,23 +85,45 @@ func (c *conv) acquire(ctx context.Context) error {
 // calls and input pulls the plugin makes meanwhile. A successful answer's
 // payload is appended to into; an error is the call's. The worker is held
 // throughout, except while Go works out an answer for it.
-func (c *conv) exchange(kind, flags byte, payload []byte, into []byte) (frame, []byte, error) {
+//
+// x, if not nil, is shared with a caller that may leave (see handoff).
+func (c *conv) exchange(kind, flags byte, payload []byte, into []byte, x *handoff) (frame, []byte, error) {
 	w := c.w
-	if err := w.send(kind, flags, uint16(c.i), payload); err != nil {
+	err := w.send(kind, flags, uint16(c.i), payload)
+	if x != nil {
+		close(x.sent) // payload is the caller's again
+	}
+	if err != nil {
 		return frame{}, into, w.lost(err)
 	}
 	for {
-		f, out, err := w.read(into)
+		next, err := w.head()
+		if err != nil {
+			return frame{}, into, w.lost(err)
+		}
+		base := into
+		if next == fHostCall || next == fPull || !x.deliver() {
+			// A question's payload, or an answer for a caller who left:
+			// not in the caller's buffer, which is the caller's again.
+			base = nil
+		}
+		f, out, err := w.read(base)
+		if err == nil && f.kind != fHostCall && f.kind != fPull {
+			err = w.answered()
+		}
 		if err != nil {
 			return f, into, w.lost(err)
 		}
-		body := out // the whole payload, but for a result or an item
+		body := out[len(base):]
 		var (
 			k      byte
 			answer []byte
 		)
 		switch f.kind {
 		case fOK, fItem, fEnd, fDone:
+			if base == nil && into != nil {
+				return f, into, nil // the caller left: nothing in its buffer
+			}
 			return f, out, nil
 		case fHostCall:
 			k, answer = c.lend(func() (byte, []byte) { return c.hostCall(body) })
@@ -114,6 +144,7 @@ func (c *conv) exchange(kind, flags byte, payload []byte, into []byte) (frame, [
 		if _, err := c.wp.acquire(context.Background(), w, c); err != nil {
 			return f, into, err
 		}
+		c.back.Store(time.Now().UnixNano())
 		if err := w.send(k, 0, 0, answer); err != nil {
 			return f, into, w.lost(err)
 		}
@@ -214,9 +245,9 @@ func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte)
 		return frame{}, into, err, true
 	}
 	if ctx.Done() == nil {
-		f, out, err := c.exchange(kind, flags, payload, into)
-		c.wp.release(c.w)
+		f, out, err := c.exchange(kind, flags, payload, into, nil)
 		c.settle(kind, f, err)
+		c.wp.release(c.w)
 		return f, out, err, true
 	}
 	var (
@@ -225,10 +256,11 @@ func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte)
 		xerr error // not err: shared with the goroutine, which may outlive the caller
 	)
 	done := make(chan struct{})
+	x := &handoff{sent: make(chan struct{})}
 	go func() {
-		f, out, xerr = c.exchange(kind, flags, payload, into)
-		c.wp.release(c.w)
+		f, out, xerr = c.exchange(kind, flags, payload, into, x)
 		c.settle(kind, f, xerr)
+		c.wp.release(c.w)
 		close(done)
 	}()
 	select {
@@ -236,34 +268,50 @@ func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte)
 		return f, out, xerr, true
 	case <-ctx.Done():
 	}
+	if !x.leave() {
+		<-done // the answer is being written into into: it is the caller's
+		return f, out, xerr, true
+	}
 	c.once.Do(func() { close(c.cancelled) })
 	if c.in != nil {
 		go c.in.stop() // an items blocked in a send must not hold up the kill
 	}
 	c.w.cancelCall(c.n)
 	go func() {
-		c.await(done, fmt.Sprintf("its call of method %q did not stop within %v of its context ending", c.m.Name, workerGrace))
+		c.awaitOrKill(done, fmt.Sprintf("its call of method %q did not stop within %v of its context ending", c.m.Name, workerGrace))
 		c.finish()
 	}()
 	return frame{}, into, nil, false
 }
 
-// await waits for done, killing the worker if it has spent workerGrace
-// on the call meanwhile. Time the call waits for Go, with its worker lent
-// (see lend), does not count: the worker is not stuck, it runs other
-// calls, and the cancellation is raised once the call has its answer.
-func (c *conv) await(done chan struct{}, reason string) {
-	t := time.NewTimer(workerGrace)
-	defer t.Stop()
+// awaitOrKill waits for the exchange of a cancelled call to end (done),
+// killing its worker if the call's plugin code has not stopped within
+// workerGrace. Time the worker spends lent does not count: the call waits
+// for Go then (a host function, a fed item), no code of it runs in the
+// worker, which may be running other calls meanwhile, and the
+// cancellation is raised as soon as the call has its worker back.
+func (c *conv) awaitOrKill(done chan struct{}, reason string) {
+	wait := workerGrace
 	for {
+		t := time.NewTimer(wait)
 		select {
 		case <-done:
+			t.Stop()
 			return
 		case <-t.C:
 		}
-		if c.wp.isLent(c.w, c) {
-			t.Reset(workerGrace)
+		c.wp.mu.Lock()
+		lent := slices.Contains(c.w.lent, c)
+		c.wp.mu.Unlock()
+		if lent {
+			wait = workerGrace
 			continue
+		}
+		if back := c.back.Load(); back != 0 {
+			if since := time.Since(time.Unix(0, back)); since < workerGrace {
+				wait = workerGrace - since
+				continue
+			}
 		}
 		c.w.kill(reason)
 		<-done
@@ -271,8 +319,43 @@ func (c *conv) await(done chan struct{}, reason string) {
 	}
 }
 
+// handoff is what an exchange run on a goroutine of its own shares with
+// a caller who may leave it when its ctx ends. The caller's buffers must
+// not be touched once it has: it waits for the request to be sent before
+// it leaves (payload may be a pooled buffer, as Call's), and the answer is
+// appended to the caller's into only if the exchange claims it before the
+// caller leaves; in-process, C reads the input and delivers the result
+// under the same rule (cancellation.leave and deliver).
+type handoff struct {
+	sent  chan struct{} // closed once the request is sent, or failed to be
+	state atomic.Int32  // handoffRunning, handoffDelivering or handoffLeft
+}
+
+const (
+	handoffRunning int32 = iota
+	handoffDelivering
+	handoffLeft
+)
+
+// deliver claims the caller's buffer for the answer: false once the
+// caller has left. A nil handoff (a caller who cannot leave) always
+// delivers.
+func (x *handoff) deliver() bool {
+	return x == nil || x.state.CompareAndSwap(handoffRunning, handoffDelivering) || x.state.Load() == handoffDelivering
+}
+
+// leave is the caller giving up, once the request is out; false if the
+// answer is being delivered: then it waits for it.
+func (x *handoff) leave() bool {
+	<-x.sent
+	return x.state.CompareAndSwap(handoffRunning, handoffLeft)
+}
+
 // settle notes what an exchange did to the call's stream: opened it, or
 // ended it (the worker drops a stream that ends, fails or is cancelled).
+// It runs while the exchange still holds the worker: released first, a
+// worker whose stream just opened counts none, and a closed or retired
+// pool would stop it.
 func (c *conv) settle(kind byte, f frame, err error) {
 	switch {
 	case kind == fStream && err == nil && f.kind == fOK:
@@ -291,16 +374,18 @@ func (c *conv) settle(kind byte, f frame, err error) {
 func (c *conv) finish() {
 	if c.live {
 		c.live = false
+		// The grace period starts once the worker is back: it may be
+		// running another call until then.
 		if _, err := c.wp.acquire(context.Background(), c.w, nil); err == nil {
 			done := make(chan struct{})
 			go func() {
 				var num [8]byte
 				binary.LittleEndian.PutUint64(num[:], c.n)
-				c.exchange(fStop, 0, num[:], nil)
+				c.exchange(fStop, 0, num[:], nil, nil)
 				c.wp.release(c.w)
 				close(done)
 			}()
-			c.await(done, fmt.Sprintf("closing the stream of method %q took longer than %v", c.m.Name, workerGrace))
+			c.awaitOrKill(done, fmt.Sprintf("closing the stream of method %q took longer than %v", c.m.Name, workerGrace))
 		}
 		c.wp.streamEnded(c.w)
 	}
@@ -365,22 +450,21 @@ func (h *PluginHandle) workerStream(ctx context.Context, i int, m *MethodDesc, i
 	if err == nil && f.kind != fOK {
 		err = c.unexpected(f)
 	}
-	// A loop body that panics, or leaves the loop, closes the stream all
-	// the same; a stream the caller left as ctx ended is closed in the
-	// background instead.
-	closed := false
+	var num [8]byte
+	binary.LittleEndian.PutUint64(num[:], c.n)
+	// The loop body may leave by a panic or runtime.Goexit (t.FailNow):
+	// the stream is closed then too, as in-process, or it stays open in
+	// its worker, which would never stop.
+	yielding := false
 	defer func() {
-		if !closed {
+		if yielding {
 			c.finish()
 		}
 	}()
-	var num [8]byte
-	binary.LittleEndian.PutUint64(num[:], c.n)
 	for err == nil {
 		var item []byte
 		f, item, err, stayed = c.step(ctx, fNext, 0, num[:], nil)
 		if !stayed {
-			closed = true
 			yield(nil, h.interrupted(m, ctx))
 			return
 		}
@@ -394,11 +478,14 @@ func (h *PluginHandle) workerStream(ctx context.Context, i int, m *MethodDesc, i
 		if item == nil {
 			item = []byte{}
 		}
-		if !yield(item, nil) {
+		yielding = true
+		more := yield(item, nil)
+		yielding = false
+		if !more {
+			c.finish()
 			return
 		}
 	}
-	closed = true
 	c.finish()
 	if err == context.Canceled {
 		err = h.interrupted(m, ctx)
@@ -409,14 +496,30 @@ func (h *PluginHandle) workerStream(ctx context.Context, i int, m *MethodDesc, i
 }
 
 // checkInput refuses typed input that is not one strict JSON value nested
-// at most maxDepth levels: nothing reaches the worker.
+// at most maxDepth levels, or that has a number too large for a float
+// (which Python's json would make an infinity): nothing reaches the
+// worker.
 func checkInput(m *MethodDesc, input []byte) error {
 	if len(input) == 0 {
 		return nil
 	}
 	depth, deepest := 0, 0
 	inString, escaped := false, false
-	for _, b := range input {
+	num, frac := -1, false // the number being read: where it starts, whether it has a fraction or exponent
+	for i, b := range input {
+		if num >= 0 {
+			switch {
+			case b >= '0' && b <= '9' || b == '+' || b == '-':
+				continue
+			case b == '.' || b == 'e' || b == 'E':
+				frac = true
+				continue
+			}
+			if err := checkFloat(m, input, num, i, frac); err != nil {
+				return err
+			}
+			num = -1
+		}
 		switch {
 		case inString:
 			switch {
@@ -429,11 +532,18 @@ func checkInput(m *MethodDesc, input []byte) error {
 			}
 		case b == '"':
 			inString = true
+		case b == '-' || b >= '0' && b <= '9':
+			num, frac = i, false
 		case b == '[' || b == '{':
 			depth++
 			deepest = max(deepest, depth)
 		case b == ']' || b == '}':
 			depth--
+		}
+	}
+	if num >= 0 {
+		if err := checkFloat(m, input, num, len(input), frac); err != nil {
+			return err
 		}
 	}
 	if deepest > maxDepth {
@@ -448,6 +558,24 @@ func checkInput(m *MethodDesc, input []byte) error {
 			return fmt.Errorf("%w for method %q: offset %d: %v", ErrInputDecode, m.Name, syn.Offset-1, err)
 		}
 		return fmt.Errorf("%w for method %q: %v", ErrInputDecode, m.Name, err)
+	}
+	return nil
+}
+
+// checkFloat refuses the number input[start:end] if it is a float too
+// large for a float64, as the in-process decoder does. Only a number with
+// an exponent of three digits or more, or of over 300 characters, can
+// be: the others are not parsed.
+func checkFloat(m *MethodDesc, input []byte, start, end int, frac bool) error {
+	tok := input[start:end]
+	if !frac {
+		return nil // an int: Python's are unbounded
+	}
+	if e := bytes.IndexAny(tok, "eE"); (e < 0 || len(tok)-e < 4) && len(tok) <= 300 {
+		return nil
+	}
+	if v, _ := strconv.ParseFloat(string(tok), 64); math.IsInf(v, 0) {
+		return fmt.Errorf("%w for method %q: offset %d: value too large to convert to float: '%s'", ErrInputDecode, m.Name, start, tok)
 	}
 	return nil
 }

@@ -249,9 +249,16 @@ func linkedPython() (string, error) {
 func (wp *workerPool) acquire(ctx context.Context, want *worker, ret *conv) (*worker, error) {
 	wp.mu.Lock()
 	if want == nil {
+		if wp.closed {
+			// Its free workers are those still in use: holding a
+			// stream, or lent by a call waiting for Go.
+			wp.mu.Unlock()
+			return nil, wp.doneErr()
+		}
 		for len(wp.free) > 0 {
-			w := wp.free[len(wp.free)-1]
-			wp.free = wp.free[:len(wp.free)-1]
+			i := wp.pickLocked()
+			w := wp.free[i]
+			wp.free = append(wp.free[:i], wp.free[i+1:]...)
 			if w.isBroken() {
 				wp.dropLocked(w) // it ended while free: nobody's call failed
 				continue
@@ -259,10 +266,6 @@ func (wp *workerPool) acquire(ctx context.Context, want *worker, ret *conv) (*wo
 			w.held = true
 			wp.mu.Unlock()
 			return w, nil
-		}
-		if wp.closed {
-			wp.mu.Unlock()
-			return nil, wp.doneErr()
 		}
 		if len(wp.failed) > 0 {
 			err := wp.failed[0]
@@ -305,6 +308,33 @@ func (wp *workerPool) acquire(ctx context.Context, want *worker, ret *conv) (*wo
 	return nil, ctx.Err()
 }
 
+// pickLocked chooses the free worker a new call gets: the most recently
+// used of those in no use at all, else of those only holding a stream
+// open, else one lent by a call waiting for Go. A call that goes into a
+// lent worker runs nested in the lender's wait, and the lender cannot
+// take its worker back until it ends: right for a call the host function
+// makes, but an unrelated call there delays the lender, or deadlocks
+// with it if it waits for the lender (in-process, they would run on two
+// threads). Likewise a stream's next step waits for a call that went
+// into its worker. mu held; free is not empty.
+func (wp *workerPool) pickLocked() int {
+	best, rank := len(wp.free)-1, 3
+	for i := len(wp.free) - 1; i >= 0 && rank > 0; i-- {
+		w := wp.free[i]
+		r := 0
+		switch {
+		case len(w.lent) > 0:
+			r = 2
+		case w.streams > 0:
+			r = 1
+		}
+		if r < rank {
+			best, rank = i, r
+		}
+	}
+	return best
+}
+
 func (wp *workerPool) doneErr() error {
 	if wp.retired {
 		return errRetired
@@ -337,7 +367,7 @@ func (wp *workerPool) release(w *worker) {
 		wp.mu.Unlock()
 		return
 	}
-	if wp.closed && w.streams == 0 {
+	if wp.closed && !w.busy() {
 		w.gone = true
 		wp.mu.Unlock()
 		w.stop()
@@ -345,6 +375,14 @@ func (wp *workerPool) release(w *worker) {
 	}
 	wp.free = append(wp.free, w)
 	wp.mu.Unlock()
+}
+
+// busy reports whether a worker that no exchange holds is still in use:
+// a stream is open in it, or a call lent it while it waits for Go and
+// will take it back. A closed pool stops its workers once they are not.
+// mu held.
+func (w *worker) busy() bool {
+	return w.streams > 0 || len(w.lent) > 0
 }
 
 // handLocked gives w to the exchange taking it back, if its nested ones
@@ -375,18 +413,6 @@ func (wp *workerPool) handLocked(w *worker) bool {
 	w.held = true
 	wt.ch <- poolEntry{w: w}
 	return true
-}
-
-// isLent reports whether c's exchange has lent w and waits for Go.
-func (wp *workerPool) isLent(w *worker, c *conv) bool {
-	wp.mu.Lock()
-	defer wp.mu.Unlock()
-	for _, x := range w.lent {
-		if x == c {
-			return true
-		}
-	}
-	return false
 }
 
 // lend hands back a worker whose exchange c waits for Go: it takes it
@@ -423,7 +449,7 @@ func (wp *workerPool) dropLocked(w *worker) {
 func (wp *workerPool) streamEnded(w *worker) {
 	wp.mu.Lock()
 	w.streams--
-	if wp.closed && w.streams == 0 && !w.held && !w.gone {
+	if wp.closed && !w.busy() && !w.held && !w.gone {
 		wp.takeLocked(w)
 		w.gone = true
 		wp.mu.Unlock()
@@ -489,7 +515,7 @@ func (wp *workerPool) end(retire bool) {
 	var idle []*worker
 	kept := wp.free[:0]
 	for _, w := range wp.free {
-		if w.streams == 0 {
+		if !w.busy() {
 			w.gone = true
 			idle = append(idle, w)
 		} else {

@@ -4,9 +4,11 @@
 # library. Its stdout and stderr are the host's logger, never the protocol.
 
 import binascii
+import errno
 import json
 import mmap
 import os
+import re
 import select
 import signal
 import socket
@@ -30,6 +32,11 @@ class Lost(Exception):
     """The host closed the socket: the worker exits."""
 
 
+# The protocol's descriptors (the socket, the cancel pipe and the shared
+# file) are not passed on to programs the plugin runs (os.system,
+# os.exec*): one that held the socket would keep it open past the worker.
+for _fd in (3, 4, 5):
+    os.set_inheritable(_fd, False)
 sock = socket.socket(fileno=3)
 sock.setblocking(False)
 _recv_into = sock.recv_into
@@ -178,7 +185,7 @@ class CallCancelled(BaseException):
 def _on_cancel(signum, frame):
     try:
         data = os.read(CANCEL_FD, 4096)
-    except BlockingIOError:
+    except OSError:  # nothing there, or the plugin closed fd 4: the host's grace period applies
         return
     for (n,) in struct.iter_unpack("<Q", data[: len(data) // 8 * 8]):
         if n in stack or n in streams:
@@ -357,14 +364,22 @@ def encode(o):
     if o is None:
         return b"null"
     v = _plain(o, [])
+    s = _dumps(v)
     try:
-        return _dumps(v).encode()
-    except UnicodeEncodeError:  # a lone surrogate: escaped, as the in-process encoder does
-        return _dumps_ascii(v).encode()
+        return s.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate: escaped, and nothing else, as the in-process
+        # encoder does (ensure_ascii would escape every non-ASCII
+        # character). Surrogates occur only inside strings.
+        return _surrogate.sub(_escape, s).encode()
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False).encode
-_dumps_ascii = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"), check_circular=False).encode
+_surrogate = re.compile("[\ud800-\udfff]")
+
+
+def _escape(m):
+    return "\\u%04x" % ord(m.group())
 
 
 def _why(prefix, exc):
@@ -378,6 +393,24 @@ def _why(prefix, exc):
 
 def _loads(payload):
     return json.loads(bytes(payload) if type(payload) is memoryview else payload)
+
+
+_INF = float("inf")
+
+
+def _finite(text):
+    v = float(text)
+    if v == _INF or v == -_INF:
+        raise ValueError(f"value too large to convert to float: {text!r}")
+    return v
+
+
+def _loads_finite(payload):
+    """_loads for JSON the host did not check (fed items, host functions'
+    answers): a number too large for a float is refused, as the
+    in-process decoder does, not made an infinity. (Call arguments are
+    checked in Go.)"""
+    return json.loads(bytes(payload) if type(payload) is memoryview else payload, parse_float=_finite)
 
 
 def decode_args(payload):
@@ -421,7 +454,10 @@ class _HostModule:
             send(HOSTCALL, encode([name, function, list(args)]))
             kind, payload = answer(HOST_OK, HOST_ERR)
         if kind == HOST_OK:
-            return True, _loads(payload)
+            try:
+                return True, _loads_finite(payload)
+            except ValueError as exc:
+                raise RuntimeError(f"the host's answer is not JSON: {exc}") from None
         err = _loads(payload)
         return False, (err.get("code"), err.get("message"), err.get("details"))
 
@@ -458,7 +494,7 @@ class HostStream:
         if kind == FEED:
             self.count += 1
             try:
-                return _loads(payload)
+                return _loads_finite(payload)
             except ValueError as exc:
                 raise host.HostStreamError(
                     f"item {self.count} of the host's input stream is not valid JSON: {exc}"
@@ -576,6 +612,8 @@ def load(payload):
 
 memory_limited = False
 EXIT_MEMORY = 75
+ENOMEM = errno.ENOMEM
+OUT_OF_MEMORY = b"fidius worker: out of memory under its limit, in the worker's own code\n"
 
 
 def out_of_memory(exc):
@@ -791,6 +829,18 @@ try:
     main()
 except Lost:
     pass
+except BaseException as exc:
+    # Out of memory under the limit in the worker's own code (the shared
+    # mapping, the copy of a large argument or result): the same end as
+    # a MemoryError in the plugin, said on stderr. Nothing here may
+    # allocate: there may be no memory left at all.
+    if memory_limited and (isinstance(exc, MemoryError) or isinstance(exc, OSError) and exc.errno == ENOMEM):
+        try:
+            os.write(2, OUT_OF_MEMORY)
+        except BaseException:
+            pass
+        os._exit(EXIT_MEMORY)
+    raise
 finally:
     sys.stdout.flush()
     sys.stderr.flush()
