@@ -1928,3 +1928,30 @@ func TestReviewUnrelatedCallPrefersAFreeWorker(t *testing.T) {
 		}
 	})
 }
+
+// A frame's length is a u32: input or a result of 4 GiB or more is
+// refused, not cut to its length modulo 4 GiB. (The buffers are never
+// touched, so they cost no memory.)
+func TestReviewPayloadOver4GiB(t *testing.T) {
+	if !inGuard(t, 60*time.Second) {
+		return
+	}
+	dir, d := simplePlugin(t, `
+def length(b):
+    return len(b).to_bytes(8, "little")
+def huge(b):
+    return bytes(1 << 32)
+`, MethodDesc{Name: "length", WireRaw: true}, MethodDesc{Name: "huge", WireRaw: true})
+	h := loadWorkers(t, dir, d)
+	big := make([]byte, 1<<32+5)
+	_, err := h.CallRaw(ctx, 0, big)
+	wantErr(t, err, ErrInputDecode, "at most")
+	_, err = h.CallRaw(ctx, 1, nil)
+	wantErr(t, err, ErrOutputEncode, "at most")
+	wantWorks := func() {
+		if out, err := h.CallRaw(ctx, 0, []byte("abc")); err != nil || out[0] != 3 {
+			t.Fatalf("%v, %v", out, err)
+		}
+	}
+	wantWorks()
+}

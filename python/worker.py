@@ -120,6 +120,17 @@ def recv():
     return kind, flags, method, payload
 
 
+MAX_FRAME = (1 << 32) - 1  # a frame's length is a u32
+
+
+def send_result(kind, payload):
+    """Send a result, or say that it is too large for a frame."""
+    n = memoryview(payload).nbytes
+    if n > MAX_FRAME:
+        return send(OUTPUT_ERR, f"the result is {n} bytes: a worker returns at most {MAX_FRAME}".encode())
+    send(kind, payload)
+
+
 def send(kind, payload=b"", method=0):
     n = len(payload)
     if n < 4096:
@@ -700,7 +711,7 @@ def call(n, kind, m, payload):
             feed.done = True
     if kind == RAW:
         if isinstance(res, bytes):
-            return send(OK, res)
+            return send_result(OK, res)
         try:
             out = memoryview(res)
             try:
@@ -715,12 +726,12 @@ def call(n, kind, m, payload):
                     f"(bytearray, memoryview, a numpy array), not {type(res).__name__}"
                 ).encode(),
             )
-        return send(OK, out)
+        return send_result(OK, out)
     try:
         out = encode(res)
     except BaseException as exc:
         return send(OUTPUT_ERR, _why("return value cannot be encoded as JSON", exc))
-    send(OK, out)
+    send_result(OK, out)
 
 
 streams = {}  # call number -> [iterator, its HostStream or None]
@@ -781,7 +792,9 @@ def next_item(n):
     except BaseException as exc:
         stop_stream(n)
         return send(OUTPUT_ERR, _why("return value cannot be encoded as JSON", exc))
-    send(ITEM, out)
+    if len(out) > MAX_FRAME:
+        stop_stream(n)  # the item's OUTPUT_ERR ends the stream
+    send_result(ITEM, out)
 
 
 def stop_stream(n):
