@@ -1955,3 +1955,24 @@ def huge(b):
 	}
 	wantWorks()
 }
+
+// Close while a replacement worker is still importing the plugin: the
+// replacement must not outlive Close for the length of its import.
+func TestReviewCloseDuringReplacement(t *testing.T) {
+	if !inGuard(t, 60*time.Second) {
+		return
+	}
+	dir, d := simplePlugin(t, `
+import os, time
+if os.path.exists("slow"):
+    time.sleep(30)
+def die():
+    os._exit(1)
+`, MethodDesc{Name: "die"})
+	h := loadWorkers(t, dir, d)
+	os.WriteFile(filepath.Join(dir, "slow"), nil, 0o644)
+	h.CallJSON(ctx, 0, nil) // crashes; its replacement imports for 30 s
+	time.Sleep(200 * time.Millisecond)
+	within(t, 5*time.Second, "Close", func() { h.Close() })
+	waitNoChildren(t)
+}
