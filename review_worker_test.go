@@ -1976,3 +1976,25 @@ def die():
 	within(t, 5*time.Second, "Close", func() { h.Close() })
 	waitNoChildren(t)
 }
+
+// A context that ends as its call is being sent: the cancellation may
+// reach the worker before the call does. It must still stop the call (not
+// be dropped, leaving the call to run until the grace period kills the
+// worker).
+func TestReviewCancelBeforeTheCallBegins(t *testing.T) {
+	if !inGuard(t, 120*time.Second) {
+		return
+	}
+	h := racePlugin(t, 1)
+	before := wantPid(t, h, "pid")
+	for i := range 40 {
+		cx, cancel := context.WithTimeout(ctx, time.Duration(i%8)*20*time.Microsecond)
+		h.CallJSON(cx, hidx(h, "spin"), []byte("[2000]"))
+		cancel()
+	}
+	within(t, 10*time.Second, "a call after the cancellations", func() {
+		if after := wantPid(t, h, "pid"); after != before {
+			t.Errorf("worker %d was replaced by %d: a cancellation that came before its call was dropped, and the call killed", before, after)
+		}
+	})
+}

@@ -178,8 +178,9 @@ def _sendall(data):
 # Cancellation: the host writes the number of the call to cancel to fd 4,
 # then sends SIGUSR1. The handler raises only inside plugin code, and only
 # into the call it names; a cancel that arrives once that call is over is
-# dropped. Calls are numbered in the order their first frame arrives, as
-# the host numbers them.
+# dropped; one that arrives before its call (still in the socket) stops
+# it as it begins. Calls are numbered in the order their first frame
+# arrives, as the host numbers them.
 calls = 0  # calls started
 stack = []  # the numbers of the calls running, innermost last
 cancelled = set()  # numbers of running calls and open streams the host cancelled
@@ -199,7 +200,10 @@ def _on_cancel(signum, frame):
     except OSError:  # nothing there, or the plugin closed fd 4: the host's grace period applies
         return
     for (n,) in struct.iter_unpack("<Q", data[: len(data) // 8 * 8]):
-        if n in stack or n in streams:
+        # n > calls: a call whose frame is on its way (the host numbers a
+        # call before it sends it, and cancels it only once it has): it
+        # is cancelled as it begins.
+        if n in stack or n in streams or n > calls:
             cancelled.add(n)
     if in_plugin and stack and stack[-1] in cancelled:
         raise CallCancelled("the call's context ended")
