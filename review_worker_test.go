@@ -1928,3 +1928,73 @@ func TestReviewUnrelatedCallPrefersAFreeWorker(t *testing.T) {
 		}
 	})
 }
+
+// A frame's length is a u32: input or a result of 4 GiB or more is
+// refused, not cut to its length modulo 4 GiB. (The buffers are never
+// touched, so they cost no memory.)
+func TestReviewPayloadOver4GiB(t *testing.T) {
+	if !inGuard(t, 60*time.Second) {
+		return
+	}
+	dir, d := simplePlugin(t, `
+def length(b):
+    return len(b).to_bytes(8, "little")
+def huge(b):
+    return bytes(1 << 32)
+`, MethodDesc{Name: "length", WireRaw: true}, MethodDesc{Name: "huge", WireRaw: true})
+	h := loadWorkers(t, dir, d)
+	big := make([]byte, 1<<32+5)
+	_, err := h.CallRaw(ctx, 0, big)
+	wantErr(t, err, ErrInputDecode, "at most")
+	_, err = h.CallRaw(ctx, 1, nil)
+	wantErr(t, err, ErrOutputEncode, "at most")
+	wantWorks := func() {
+		if out, err := h.CallRaw(ctx, 0, []byte("abc")); err != nil || out[0] != 3 {
+			t.Fatalf("%v, %v", out, err)
+		}
+	}
+	wantWorks()
+}
+
+// Close while a replacement worker is still importing the plugin: the
+// replacement must not outlive Close for the length of its import.
+func TestReviewCloseDuringReplacement(t *testing.T) {
+	if !inGuard(t, 60*time.Second) {
+		return
+	}
+	dir, d := simplePlugin(t, `
+import os, time
+if os.path.exists("slow"):
+    time.sleep(30)
+def die():
+    os._exit(1)
+`, MethodDesc{Name: "die"})
+	h := loadWorkers(t, dir, d)
+	os.WriteFile(filepath.Join(dir, "slow"), nil, 0o644)
+	h.CallJSON(ctx, 0, nil) // crashes; its replacement imports for 30 s
+	time.Sleep(200 * time.Millisecond)
+	within(t, 5*time.Second, "Close", func() { h.Close() })
+	waitNoChildren(t)
+}
+
+// A context that ends as its call is being sent: the cancellation may
+// reach the worker before the call does. It must still stop the call (not
+// be dropped, leaving the call to run until the grace period kills the
+// worker).
+func TestReviewCancelBeforeTheCallBegins(t *testing.T) {
+	if !inGuard(t, 120*time.Second) {
+		return
+	}
+	h := racePlugin(t, 1)
+	before := wantPid(t, h, "pid")
+	for i := range 40 {
+		cx, cancel := context.WithTimeout(ctx, time.Duration(i%8)*20*time.Microsecond)
+		h.CallJSON(cx, hidx(h, "spin"), []byte("[2000]"))
+		cancel()
+	}
+	within(t, 10*time.Second, "a call after the cancellations", func() {
+		if after := wantPid(t, h, "pid"); after != before {
+			t.Errorf("worker %d was replaced by %d: a cancellation that came before its call was dropped, and the call killed", before, after)
+		}
+	})
+}

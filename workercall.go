@@ -398,6 +398,9 @@ func (c *conv) finish() {
 // workerCall is a unary call (typed, raw, or client-streaming) in worker
 // mode.
 func (h *PluginHandle) workerCall(ctx context.Context, i int, m *MethodDesc, kind callKind, dst, input []byte, items iter.Seq2[json.RawMessage, error]) ([]byte, error) {
+	if err := checkSize(m, input); err != nil {
+		return dst, err
+	}
 	if kind != rawCall {
 		if err := checkInput(m, input); err != nil {
 			return dst, err
@@ -432,7 +435,11 @@ func (h *PluginHandle) workerCall(ctx context.Context, i int, m *MethodDesc, kin
 
 // workerStream runs a server or bidirectional stream in worker mode.
 func (h *PluginHandle) workerStream(ctx context.Context, i int, m *MethodDesc, input []byte, items iter.Seq2[json.RawMessage, error], yield func(json.RawMessage, error) bool) {
-	if err := checkInput(m, input); err != nil {
+	err := checkSize(m, input)
+	if err == nil {
+		err = checkInput(m, input)
+	}
+	if err != nil {
 		yield(nil, err)
 		return
 	}
@@ -493,6 +500,18 @@ func (h *PluginHandle) workerStream(ctx context.Context, i int, m *MethodDesc, i
 	if err != nil {
 		yield(nil, err)
 	}
+}
+
+// maxFrame is the largest payload a frame carries: its length is a u32.
+const maxFrame = 1<<32 - 1
+
+// checkSize refuses input that no frame can carry (its length would wrap,
+// and the plugin would get its first bytes as the whole input).
+func checkSize(m *MethodDesc, input []byte) error {
+	if len(input) > maxFrame {
+		return fmt.Errorf("%w for method %q: %d bytes: a worker takes at most %d bytes of input", ErrInputDecode, m.Name, len(input), maxFrame)
+	}
+	return nil
 }
 
 // checkInput refuses typed input that is not one strict JSON value nested

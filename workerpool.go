@@ -54,6 +54,10 @@ type workerPool struct {
 	closed  bool
 	retired bool // closed by a Reload, not by Close: new calls go to the new pool
 	ready   workerReady
+
+	// stopping ends with the pool: a replacement still loading is killed.
+	stopping context.Context
+	stop     context.CancelFunc
 }
 
 // waiter is a call waiting for a worker: a given one, or any; or ret,
@@ -170,6 +174,7 @@ func (p *plugin) startPool(ctx context.Context, cfg workerConfig, n int, reload 
 		return nil, err
 	}
 	wp := &workerPool{p: p, cfg: cfg, load: load, size: n}
+	wp.stopping, wp.stop = context.WithCancel(context.Background())
 	type started struct {
 		w   *worker
 		err error
@@ -461,11 +466,11 @@ func (wp *workerPool) streamEnded(w *worker) {
 
 // replace starts a worker in place of one that ended.
 func (wp *workerPool) replace() {
-	w, err := startWorker(context.Background(), wp.p, wp.cfg, wp.load)
-	if err != nil {
+	w, err := startWorker(wp.stopping, wp.p, wp.cfg, wp.load)
+	wp.mu.Lock()
+	if err != nil && !wp.closed {
 		wp.p.logger.Error("a worker could not be replaced", zap.String("package", wp.p.dir), zap.Error(err))
 	}
-	wp.mu.Lock()
 	if wp.closed {
 		wp.mu.Unlock()
 		if w != nil {
@@ -505,6 +510,7 @@ func (wp *workerPool) end(retire bool) {
 		return
 	}
 	wp.closed, wp.retired = true, retire
+	wp.stop() // replacements still loading
 	for i := 0; i < len(wp.waiters); i++ {
 		if wt := wp.waiters[i]; wt.want == nil {
 			wp.waiters = append(wp.waiters[:i], wp.waiters[i+1:]...)

@@ -120,6 +120,17 @@ def recv():
     return kind, flags, method, payload
 
 
+MAX_FRAME = (1 << 32) - 1  # a frame's length is a u32
+
+
+def send_result(kind, payload):
+    """Send a result, or say that it is too large for a frame."""
+    n = memoryview(payload).nbytes
+    if n > MAX_FRAME:
+        return send(OUTPUT_ERR, f"the result is {n} bytes: a worker returns at most {MAX_FRAME}".encode())
+    send(kind, payload)
+
+
 def send(kind, payload=b"", method=0):
     n = len(payload)
     if n < 4096:
@@ -167,8 +178,9 @@ def _sendall(data):
 # Cancellation: the host writes the number of the call to cancel to fd 4,
 # then sends SIGUSR1. The handler raises only inside plugin code, and only
 # into the call it names; a cancel that arrives once that call is over is
-# dropped. Calls are numbered in the order their first frame arrives, as
-# the host numbers them.
+# dropped; one that arrives before its call (still in the socket) stops
+# it as it begins. Calls are numbered in the order their first frame
+# arrives, as the host numbers them.
 calls = 0  # calls started
 stack = []  # the numbers of the calls running, innermost last
 cancelled = set()  # numbers of running calls and open streams the host cancelled
@@ -188,7 +200,10 @@ def _on_cancel(signum, frame):
     except OSError:  # nothing there, or the plugin closed fd 4: the host's grace period applies
         return
     for (n,) in struct.iter_unpack("<Q", data[: len(data) // 8 * 8]):
-        if n in stack or n in streams:
+        # n > calls: a call whose frame is on its way (the host numbers a
+        # call before it sends it, and cancels it only once it has): it
+        # is cancelled as it begins.
+        if n in stack or n in streams or n > calls:
             cancelled.add(n)
     if in_plugin and stack and stack[-1] in cancelled:
         raise CallCancelled("the call's context ended")
@@ -700,7 +715,7 @@ def call(n, kind, m, payload):
             feed.done = True
     if kind == RAW:
         if isinstance(res, bytes):
-            return send(OK, res)
+            return send_result(OK, res)
         try:
             out = memoryview(res)
             try:
@@ -715,12 +730,12 @@ def call(n, kind, m, payload):
                     f"(bytearray, memoryview, a numpy array), not {type(res).__name__}"
                 ).encode(),
             )
-        return send(OK, out)
+        return send_result(OK, out)
     try:
         out = encode(res)
     except BaseException as exc:
         return send(OUTPUT_ERR, _why("return value cannot be encoded as JSON", exc))
-    send(OK, out)
+    send_result(OK, out)
 
 
 streams = {}  # call number -> [iterator, its HostStream or None]
@@ -781,7 +796,9 @@ def next_item(n):
     except BaseException as exc:
         stop_stream(n)
         return send(OUTPUT_ERR, _why("return value cannot be encoded as JSON", exc))
-    send(ITEM, out)
+    if len(out) > MAX_FRAME:
+        stop_stream(n)  # the item's OUTPUT_ERR ends the stream
+    send_result(ITEM, out)
 
 
 def stop_stream(n):
