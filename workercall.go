@@ -241,6 +241,14 @@ func (f *feed) hostErrorOrNot(m *MethodDesc, err error) error {
 // it has not answered within workerGrace, and the conversation is
 // finished in the background. stayed is false when the caller left.
 func (c *conv) step(ctx context.Context, kind, flags byte, payload, into []byte) (frame, []byte, error, bool) {
+	if ctx.Err() != nil {
+		// Ended before the step (a stream's loop body cancelled it):
+		// nothing more runs, as in-process; a stream open in the worker
+		// is closed in the background.
+		c.once.Do(func() { close(c.cancelled) })
+		go c.finish()
+		return frame{}, into, nil, false
+	}
 	if err := c.acquire(ctx); err != nil {
 		return frame{}, into, err, true
 	}
