@@ -90,8 +90,6 @@ const (
 	// fill); startSpin is how long the first read polls.
 	maxSpin   = 200 * time.Microsecond
 	startSpin = 50 * time.Microsecond
-	// smallFrame is the size below which a frame goes out in one write.
-	smallFrame = 64 << 10
 	// tailLines is how many lines of a worker's stderr a crash reports.
 	tailLines = 10
 	// shmMin is the size from which a payload travels through the shared
@@ -364,7 +362,7 @@ func (w *worker) send(kind, flags byte, method uint16, payload []byte) error {
 	binary.LittleEndian.PutUint32(h[:], uint32(len(payload)))
 	h[4], h[5] = kind, flags
 	binary.LittleEndian.PutUint16(h[6:], method)
-	if len(payload) < smallFrame {
+	if len(payload) < shmMin {
 		w.wbuf = append(append(w.wbuf[:0], h[:]...), payload...)
 		return w.write(w.wbuf)
 	}
