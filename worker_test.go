@@ -588,3 +588,28 @@ def seen():
 		t.Fatalf("%v", got)
 	}
 }
+
+func TestWorkerDiesWithItsHost(t *testing.T) {
+	// The host process ends without Close while its worker is stuck in
+	// code that ignores the cancellation signal and never reads its
+	// socket: the worker ends too (its parent-death signal).
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	if !inChild(t) {
+		r := runChild(t, 30*time.Second, "FIDIUS_TEST_PIDFILE="+pidFile)
+		if r.TimedOut || r.ExitCode != 3 {
+			t.Fatalf("the child host: exit %d, timed out %v:\n%s", r.ExitCode, r.TimedOut, r.Output)
+		}
+		b, err := os.ReadFile(pidFile)
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid == 0 {
+			t.Fatalf("no worker pid: %q, %v", b, err)
+		}
+		wantGone(t, pid)
+		return
+	}
+	h := crashPlugin(t)
+	os.WriteFile(os.Getenv("FIDIUS_TEST_PIDFILE"), []byte(strconv.Itoa(workerPid(t, h))), 0o644)
+	go h.CallJSON(ctx, hidx(h, "stubborn"), []byte("[600]"))
+	time.Sleep(200 * time.Millisecond)
+	os.Exit(3) // no Close, no cleanup
+}
